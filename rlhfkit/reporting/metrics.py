@@ -1,0 +1,309 @@
+"""Every metric name rlhfkit logs, defined once (STYLE rule 7).
+
+A row of `metrics.jsonl` is `{"step": int, "<namespace>/<name>": number | null, ...}`; a health
+event is `{"step": int, "event": name, "message": str, ...extra}`. Trainers log only names that
+are keys of `METRICS`; `undefined_metrics` lets tests check that. `docs/metrics.md` is the same
+table, produced by `python -m rlhfkit.reporting.metrics`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One logged quantity.
+
+    name: the key in metrics.jsonl, e.g. "kl/mean".
+    definition: one line saying exactly what is computed and over what it is averaged.
+    unit: "nats", "seconds", "fraction", "tokens", "count", "reward" (the reward's own scale), ...
+    watch: what a healthy run looks like and which failure the number reveals.
+    stages: which trainers log it ("sft", "rm", "rl").
+    """
+
+    name: str
+    definition: str
+    unit: str
+    watch: str
+    stages: tuple[str, ...] = ("rl",)
+
+
+def _defs(*items: tuple) -> dict[str, MetricDef]:
+    out: dict[str, MetricDef] = {}
+    for item in items:
+        metric = MetricDef(*item)
+        if metric.name in out:
+            raise ValueError(f"metric {metric.name!r} is defined twice in rlhfkit/reporting/metrics.py")
+        out[metric.name] = metric
+    return out
+
+
+_ALL = ("sft", "rm", "rl")
+
+METRICS: dict[str, MetricDef] = _defs(
+    ("step",
+     "Optimizer step for SFT and RM; completed RL iteration (rollout, scoring, update) for RL. "
+     "Counts from 1; step 0 holds values measured before training (e.g. data/*).",
+     "count", "The x-axis of every plot; a resumed run continues the count without repeating a step.", _ALL),
+    # -- reward: one number per response (scores, shape (B,)), before KL shaping -----------------
+    ("reward/score_mean",
+     "Mean over the batch's responses of `scores` (B,), from the reward model or reward function, "
+     "before normalization and KL shaping.",
+     "reward", "Should rise. If it keeps rising while reward/gold_mean stalls or falls, the policy is "
+     "exploiting the reward model (reward hacking)."),
+    ("reward/score_std",
+     "Standard deviation of `scores` (B,) over the batch.",
+     "reward", "Falling toward 0 means the responses have become alike (collapse); for group "
+     "algorithms (RLOO, GRPO) equal scores within a group carry no learning signal."),
+    ("reward/score_max", "Largest score in the batch.", "reward",
+     "A max far above the mean with a flat mean can point to a few outliers the reward model over-rates."),
+    ("reward/score_min", "Smallest score in the batch.", "reward",
+     "Watch with score_max: the spread of what the policy produces."),
+    ("reward/gold_mean",
+     "Mean of the task's hidden gold reward on the same responses (bundled tasks only; never used "
+     "for training).",
+     "reward", "The true measure of progress: should rise with score_mean. Score up and gold down is "
+     "reward hacking."),
+    ("reward/normalized_mean",
+     "Mean of the scores after running-moment normalization and clipping (PPO-max), i.e. what the "
+     "advantage estimator receives.",
+     "reward", "Hovers near 0 once the running moments settle; a drift far from 0 means the moments "
+     "are lagging the score distribution."),
+    # -- KL to the reference model ---------------------------------------------------------------
+    ("kl/mean",
+     "Per-sequence KL to the reference: the chosen KL estimator of logprobs vs ref_logprobs summed "
+     "over response tokens, then averaged over the batch.",
+     "nats", "Should grow slowly and stay bounded. A steady climb means the policy drifts away from "
+     "the SFT model, usually toward text the reward model over-rates; raise the KL coefficient or "
+     "lower the KL target."),
+    ("kl/coef",
+     "Current KL coefficient beta (fixed, or set by the adaptive controller of Ziegler et al. 2019).",
+     "1", "With the adaptive controller it rises when kl/mean is above its target and falls below it; "
+     "stuck at a bound means the target cannot be met."),
+    ("kl/token_mean",
+     "The KL estimator averaged over response tokens (masked mean over the batch), not summed.",
+     "nats/token", "Same story as kl/mean without the length effect: use it when response lengths change."),
+    # -- policy update diagnostics --------------------------------------------------------------
+    ("policy/entropy",
+     "Entropy of the policy's next-token distribution, averaged over response tokens.",
+     "nats/token", "Falls slowly as the policy grows confident. A fast drop toward 0 is entropy "
+     "collapse: the policy stops exploring and repeats one answer (raise the entropy bonus or "
+     "temperature, lower the learning rate)."),
+    ("policy/clipfrac",
+     "Fraction of response tokens whose probability ratio pi/pi_old lies outside the clip range "
+     "[1-eps_low, 1+eps_high] on the side where the clip takes effect, averaged over minibatches.",
+     "fraction", "Typically 0-0.2. Much higher means each update moves the policy too far: lower the "
+     "learning rate or ppo_epochs."),
+    ("policy/approx_kl",
+     "Estimate of KL(pi_old || pi) between the rollout policy and the policy being updated, "
+     "token mean of (r - 1) - log r with r = pi/pi_old (k3), averaged over minibatches.",
+     "nats/token", "Should stay small (about 0.01-0.05). Large values mean the update steps are too big."),
+    ("policy/ratio_mean",
+     "Mean probability ratio pi/pi_old over response tokens during the update.",
+     "1", "Stays close to 1; far from 1 means the data is stale relative to the policy."),
+    # -- losses ------------------------------------------------------------------------------
+    ("loss/policy",
+     "Policy-gradient loss (clipped surrogate for PPO) after loss aggregation, mean over minibatches.",
+     "1", "Not a progress measure (it hovers near 0 by design); look for spikes and non-finite values."),
+    ("loss/value",
+     "Critic loss: 0.5 x (clipped) squared error between values and returns, masked mean over "
+     "response tokens.",
+     "reward^2", "Falls during critic warmup, then stays level. Growing means the critic cannot track "
+     "the returns (lower its learning rate, enable value clipping)."),
+    ("loss/kl",
+     "KL term added to the policy loss when the algorithm puts the KL in the loss (e.g. GRPO): "
+     "beta x aggregated KL estimator.",
+     "nats/token", "Grows with the policy's distance from the reference; should stay small next to loss/policy."),
+    ("loss/entropy",
+     "Entropy-bonus term added to the policy loss: -entropy_coef x aggregated entropy.",
+     "nats/token", "Only present with an entropy bonus; tracks policy/entropy."),
+    ("loss/sft",
+     "Pretraining (SFT) cross-entropy mixed into the policy loss (PPO-ptx), token mean before its "
+     "coefficient.",
+     "nats/token", "Should stay near the SFT model's loss; rising means RL is eroding what SFT taught."),
+    ("loss/total",
+     "Sum of the weighted policy-side terms that are backpropagated (policy + kl + entropy + sft).",
+     "1", "Spikes and non-finite values are what matter."),
+    # -- critic -------------------------------------------------------------------------------
+    ("value/explained_variance",
+     "1 - Var(returns - values) / Var(returns) over response tokens.",
+     "1", "Rises toward 1 as the critic learns; at or below 0 the critic is no better than a constant."),
+    ("value/clipfrac",
+     "Fraction of response tokens where value clipping took effect.",
+     "fraction", "High values mean the critic is held back by the clip range."),
+    ("value/mean", "Mean predicted value over response tokens.", "reward",
+     "Should follow returns/mean."),
+    ("advantages/mean",
+     "Mean advantage over response tokens, after the estimator and any whitening.",
+     "reward", "About 0 with whitening or group baselines; a persistent offset means a biased baseline."),
+    ("advantages/std",
+     "Standard deviation of the advantages over response tokens.",
+     "reward", "About 1 with whitening; near 0 means there is no learning signal."),
+    ("returns/mean", "Mean return (critic target) over response tokens.", "reward",
+     "Follows the KL-shaped reward; compare with value/mean."),
+    # -- responses ----------------------------------------------------------------------------
+    ("response/length_mean",
+     "Mean number of response tokens (sum of response_mask per sequence, batch mean).",
+     "tokens", "A sudden change (every response at the maximum, or collapsing to a few tokens) often "
+     "signals reward hacking or collapse."),
+    ("response/length_max", "Longest response in the batch.", "tokens",
+     "Pinned at max_new_tokens means some responses never stop."),
+    ("response/eos_fraction",
+     "Fraction of responses that ended with EOS before max_new_tokens.",
+     "fraction", "Should stay high; falling means responses ramble into the length limit."),
+    ("response/truncated_fraction",
+     "Fraction of responses cut at max_new_tokens without EOS (1 - eos_fraction).",
+     "fraction", "Rising truncation biases scores: the reward model sees unfinished text."),
+    # -- optimization ------------------------------------------------------------------------
+    ("grad/norm",
+     "Global L2 norm of the gradient before clipping (policy; last accumulation step of the step).",
+     "1", "Spikes often precede divergence; a norm always at the clip value means clipping does the steering.",
+     _ALL),
+    ("lr", "Learning rate of the (policy) optimizer after the scheduler.", "1",
+     "Follows the schedule; check warmup and decay did what the config says.", _ALL),
+    # -- time ---------------------------------------------------------------------------------
+    ("time/step_s", "Wall-clock seconds for the whole step.", "seconds",
+     "Total cost; the parts below say where it goes.", _ALL),
+    ("time/generate_s", "Seconds spent sampling responses.", "seconds",
+     "Usually the largest part of an RL step; grows with response length."),
+    ("time/score_s", "Seconds spent scoring responses (reward model or reward function).", "seconds",
+     "Should be small next to generation."),
+    ("time/forward_s",
+     "Seconds spent in forward passes for old logprobs, reference logprobs and values.",
+     "seconds", "Grows with the number of models the algorithm needs."),
+    ("time/train_s", "Seconds spent in the optimization epochs (policy and critic).", "seconds",
+     "Grows with ppo_epochs and the number of minibatches."),
+    # -- algorithm-specific -------------------------------------------------------------------
+    ("prime/prm_loss",
+     "PRIME: cross-entropy of the implicit process reward model against the outcome labels.",
+     "nats", "Should fall; if it rises the dense token rewards are getting noisier."),
+    ("prime/prm_accuracy",
+     "PRIME: fraction of responses where the implicit PRM's sequence reward agrees in sign with the "
+     "outcome label.",
+     "fraction", "Should rise above 0.5; near 0.5 the dense rewards carry little information."),
+    ("groups/dropped_fraction",
+     "Fraction of prompt groups dropped because all n responses got the same score (DAPO dynamic "
+     "sampling).",
+     "fraction", "Near 1 means the task is too easy or too hard for the policy: almost no learning signal."),
+    # -- SFT and reward-model trainers -------------------------------------------------------
+    ("train/loss",
+     "SFT: token-mean cross-entropy on response tokens of the training batch. RM: mean pairwise "
+     "Bradley-Terry loss -log sigmoid(r_chosen - r_rejected - margin), plus the weighted LM term if "
+     "enabled.",
+     "nats", "Should fall. Falling while eval/loss rises is overfitting.", ("sft", "rm")),
+    ("eval/loss",
+     "The same loss as train/loss on the held-out split.",
+     "nats", "The number to trust; stop or regularize when it turns upward.", ("sft", "rm")),
+    ("eval/ppl", "SFT: exp(eval/loss), the held-out perplexity on response tokens.", "1",
+     "Lower is better; compare runs on the same data only.", ("sft",)),
+    ("train/tokens", "SFT: cumulative number of response tokens trained on.", "tokens",
+     "Throughput and data position; grows linearly.", ("sft",)),
+    ("train/accuracy",
+     "RM: fraction of training pairs in the batch with r_chosen > r_rejected.",
+     "fraction", "Well above eval/accuracy means the reward model memorizes pairs.", ("rm",)),
+    ("eval/accuracy",
+     "RM: fraction of held-out pairs with r_chosen > r_rejected.",
+     "fraction", "0.5 is chance. Noisy labels cap it (people agree on 60-75% of pairs); a reward model "
+     "barely above chance gives RL little to learn from.", ("rm",)),
+    ("eval/margin_mean",
+     "RM: mean of r_chosen - r_rejected over held-out pairs.",
+     "reward", "Positive and growing; a margin that explodes while accuracy stalls is over-confidence.",
+     ("rm",)),
+    ("eval/score_mean",
+     "RM: mean score over all held-out responses (chosen and rejected); saved with the model so RL can "
+     "normalize rewards.",
+     "reward", "Any level is fine: RL subtracts it.", ("rm",)),
+    ("eval/score_std",
+     "RM: standard deviation of the scores over all held-out responses; saved with the model.",
+     "reward", "Near 0 means the reward model cannot tell responses apart.", ("rm",)),
+    # -- data loading --------------------------------------------------------------------------
+    ("data/truncated",
+     "Number of examples cut to the maximum length when the data was loaded.",
+     "count", "Large counts mean max length is too small for the data; truncated responses lose their end.",
+     _ALL),
+    ("data/dropped",
+     "Number of examples skipped when the data was loaded (e.g. empty response, prompt longer than the "
+     "maximum length).",
+     "count", "Should be 0 or tiny; otherwise fix the data or the length limits.", _ALL),
+)
+
+# Health events: `{"step", "event": name, "message", ...}` records in the same metrics.jsonl.
+# Trainers may emit other names; these are the ones the report and docs explain.
+EVENTS: dict[str, str] = {
+    "nonfinite": "A loss or gradient was NaN or infinite; the message names the quantity. The step "
+                 "was skipped or the run stopped, as configured.",
+    "kl_high": "kl/mean exceeded the warning threshold: the policy is moving far from the reference.",
+    "entropy_collapse": "policy/entropy fell below the warning threshold: the policy has stopped exploring.",
+    "clipfrac_high": "policy/clipfrac exceeded the warning threshold: updates are too large.",
+    "score_gold_divergence": "The score rose while the gold reward fell: a sign of reward hacking "
+                             "(bundled tasks only).",
+    "groups_all_dropped": "Every prompt group had equal scores, so the step had no learning signal.",
+    "resumed": "The run resumed from a checkpoint at this step.",
+    "interrupted": "The run was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint at this step.",
+}
+
+# Per-policy numbers in summary.json["eval"][policy] (written by the quickstart / `rlhfkit eval`).
+# name -> (definition, unit, higher_is_better: True / False / None when neither is better).
+SUMMARY_FIELDS: dict[str, tuple[str, str, bool | None]] = {
+    "gold_mean": ("Mean gold (true) reward of the policy's responses on held-out prompts.", "reward", True),
+    "accuracy": ("Fraction of held-out questions answered exactly right.", "fraction", True),
+    "score_mean": ("Mean score from the reward model (or reward function) on held-out prompts.", "reward", True),
+    "kl_to_ref": ("KL to the reference model summed over response tokens, mean per response.", "nats", None),
+    "ppl": ("Perplexity of the policy's responses under the reference model.", "1", None),
+    "length_mean": ("Mean response length.", "tokens", None),
+}
+
+
+def describe(name: str) -> str:
+    """One readable line for a metric, event or summary field: definition, unit and what to watch."""
+    if name in METRICS:
+        m = METRICS[name]
+        return f"{m.name} [{m.unit}]: {m.definition} Watch: {m.watch}"
+    if name in EVENTS:
+        return f"event {name}: {EVENTS[name]}"
+    if name in SUMMARY_FIELDS:
+        definition, unit, _ = SUMMARY_FIELDS[name]
+        return f"{name} [{unit}]: {definition}"
+    raise KeyError(_unknown_message(name))
+
+
+def undefined_metrics(names) -> list[str]:
+    """Names (in first-seen order, no repeats) that are not keys of METRICS.
+
+    Pass the keys of metric rows, not event records (their "event"/"message" keys are not metrics).
+    """
+    out: list[str] = []
+    for name in names:
+        if name not in METRICS and name not in out:
+            out.append(name)
+    return out
+
+
+def _unknown_message(name: str) -> str:
+    close = difflib.get_close_matches(name, list(METRICS), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (f"unknown metric {name!r}.{hint} Every logged name must be defined in "
+            f"rlhfkit/reporting/metrics.py (METRICS) and docs/metrics.md.")
+
+
+def metrics_markdown() -> str:
+    """The tables of docs/metrics.md (metrics, events, summary fields) as Markdown."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["| name | unit | stages | definition | what to watch |", "|---|---|---|---|---|"]
+    for m in METRICS.values():
+        lines.append(f"| `{m.name}` | {m.unit} | {', '.join(m.stages)} | {cell(m.definition)} | {cell(m.watch)} |")
+    lines += ["", "| event | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {cell(text)} |" for name, text in EVENTS.items()]
+    lines += ["", "| summary field | unit | higher is better | definition |", "|---|---|---|---|"]
+    for name, (definition, unit, better) in SUMMARY_FIELDS.items():
+        better_text = {True: "yes", False: "no", None: "neither"}[better]
+        lines.append(f"| `{name}` | {unit} | {better_text} | {cell(definition)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(metrics_markdown(), end="")

@@ -1,0 +1,95 @@
+"""Atomic checkpoints: a run interrupted at any moment can resume from the newest complete one.
+
+Layout: OUTPUT/checkpoints/step-000010/{policy.safetensors, critic.safetensors, ...,
+trainer_state.pt, COMPLETE}. A checkpoint is written into a temporary sibling folder and renamed
+into place only when every file is on disk, so a crash leaves either the old or the new one.
+Weights use safetensors; the trainer state (optimizer, scheduler, RNG, controllers, data position)
+is loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+_MARKER = "COMPLETE"
+
+
+def rng_state() -> dict:
+    """Python and torch RNG states (CPU, and CUDA when present) as weights_only-loadable values."""
+    state = {"python": _to_lists(random.getstate()), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_to_tuples(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def save_checkpoint(root: str | os.PathLike, step: int, models: dict, state: dict, keep_last: int = 2) -> Path:
+    """Write models' weights and the trainer `state` as checkpoint `step`, atomically.
+
+    models: name -> nn.Module (saved as NAME.safetensors); state: tensors, numbers, lists, dicts.
+    Keeps the newest `keep_last` complete checkpoints.
+    """
+    from safetensors.torch import save_model
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".step-{step:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, model in models.items():
+        save_model(model, str(tmp / f"{name}.safetensors"))
+    torch.save(state, tmp / "trainer_state.pt")
+    (tmp / _MARKER).write_text(str(step))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints, oldest first (half-written temporary folders are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step-*") if (p / _MARKER).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | os.PathLike, models: dict) -> dict:
+    """Load weights into `models` (name -> module) and return the trainer state."""
+    from safetensors.torch import load_model
+
+    path = Path(path)
+    for name, model in models.items():
+        file = path / f"{name}.safetensors"
+        if not file.is_file():
+            raise FileNotFoundError(f"checkpoint {path} has no {file.name}; was it written by a run with other models?")
+        load_model(model, str(file), device=str(next(model.parameters()).device))
+    return torch.load(path / "trainer_state.pt", weights_only=True)

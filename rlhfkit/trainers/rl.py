@@ -1,0 +1,292 @@
+"""Stage 3: the one RL loop every algorithm runs through.
+
+Per step: 1. sample n responses per prompt; 2. score them; 3. reference logprobs and the KL
+(in the reward per token, or as a loss term); 4. advantages from the registry; 5. ppo_epochs x
+minibatches of policy updates with gradient accumulation; 6. critic update; 7. KL-controller
+update; 8. log and checkpoint. What differs between algorithms comes from `AlgorithmSpec`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from rlhfkit.config import ConfigError, save_config
+from rlhfkit.trainers.algorithms import get_algorithm
+from rlhfkit.trainers.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.trainers.common import RunInterrupted, StopFlag, make_optimizer, make_scheduler, resolve_device, set_seed
+from rlhfkit.trainers.rl_config import RLConfig
+from rlhfkit.trainers.rl_update import UpdateBatch, _kl_estimator, _kl_in_loss, run_updates
+
+__all__ = ["RLConfig", "train_rl"]
+
+
+def build_models(cfg: RLConfig, spec, device) -> SimpleNamespace:
+    """Load only the models the algorithm needs: no critic without GAE, no reference when beta = 0."""
+    from rlhfkit import models as M
+    from rlhfkit.rollout import FunctionScorer, RewardModelScorer, load_reward_function
+
+    trc = cfg.trust_remote_code
+    tokenizer = M.load_tokenizer(cfg.policy, trust_remote_code=trc)
+    policy = M.load_causal_lm(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+    need_ref = cfg.kl_coef > 0 or spec.process_reward
+    reference, ref_context = None, None
+    if cfg.lora_r:
+        policy = M.apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha)
+        ref_context = M.adapters_disabled if need_ref else None
+    elif need_ref:
+        reference = M.load_reference(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+    if cfg.reward_model:
+        scorer = RewardModelScorer(M.load_reward_model(cfg.reward_model, dtype=cfg.dtype, device=device,
+                                                       trust_remote_code=trc), tokenizer)
+    else:
+        scorer = FunctionScorer(load_reward_function(cfg.reward_fn))
+    gold = FunctionScorer(load_reward_function(cfg.gold_fn)) if cfg.gold_fn else None
+    critic = None
+    if spec.critic:
+        critic = M.load_critic(cfg.critic or cfg.reward_model or cfg.policy, dtype=cfg.dtype, device=device,
+                               trust_remote_code=trc)
+    prm = None
+    if spec.process_reward:
+        prm = M.load_causal_lm(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+    return SimpleNamespace(tokenizer=tokenizer, policy=policy, reference=reference, ref_context=ref_context,
+                           scorer=scorer, gold=gold, critic=critic, prm=prm)
+
+
+def build_optimizers(cfg: RLConfig, models) -> SimpleNamespace:
+    opt = SimpleNamespace(policy_params=[p for p in models.policy.parameters() if p.requires_grad])
+    opt.policy = make_optimizer(opt.policy_params, cfg.lr, cfg.weight_decay)
+    opt.policy_sched = make_scheduler(opt.policy, cfg.steps, cfg.warmup_steps, "constant")
+    opt.critic = opt.prm = None
+    if models.critic is not None:
+        opt.critic_params = [p for p in models.critic.parameters() if p.requires_grad]
+        opt.critic = make_optimizer(opt.critic_params, cfg.critic_lr or 5 * cfg.lr, cfg.weight_decay)
+    if models.prm is not None:
+        opt.prm_params = [p for p in models.prm.parameters() if p.requires_grad]
+        opt.prm = make_optimizer(opt.prm_params, cfg.prime_lr or cfg.lr, cfg.weight_decay)
+    return opt
+
+
+def prompt_batch(rows: list, step: int, per_step: int, seed: int) -> list:
+    """The prompts of RL step `step`: a fixed function of (seed, step), so resume sees the same data."""
+    out = []
+    for i in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(i, len(rows))
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        out.append(rows[int(order[pos])])
+    return out
+
+
+def shape_rewards(cfg, spec, exp, kl_coef: float, moments, baseline, prm_logprobs=None):
+    """Stages 2-4: normalized scores, KL, per-token rewards and advantages. Returns (UpdateBatch, metrics)."""
+    from rlhfkit import algos as A
+
+    mask = exp.response_mask
+    raw = exp.scores.float()
+    scores = raw
+    metrics = {}
+    if cfg.normalize_rewards:
+        moments.update(raw)
+        scores = (raw - moments.mean) / (moments.std + 1e-8)
+        metrics["reward/normalized_mean"] = float(scores.mean())
+    if cfg.reward_clip is not None:
+        scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+    ref = exp.ref_logprobs
+    if ref is not None:
+        kl_tok = A.kl_divergence(exp.logprobs, ref, "k1") * mask  # (B, R)
+        metrics["kl/mean"] = float(kl_tok.sum(-1).mean())
+        metrics["kl/token_mean"] = float(A.masked_mean(kl_tok, mask))
+        reward_beta = 0.0 if _kl_in_loss(cfg, spec) else kl_coef
+        token_rewards = A.kl_shaped_rewards(scores, exp.logprobs, ref, mask, reward_beta,
+                                            estimator=_kl_estimator(cfg, spec))
+    else:
+        metrics["kl/mean"] = 0.0
+        token_rewards = A.kl_shaped_rewards(scores, exp.logprobs, exp.logprobs, mask, 0.0)
+    n = exp.group_size
+    process = None
+    if prm_logprobs is not None:
+        process = A.implicit_process_rewards(prm_logprobs, ref, mask, cfg.prime_beta)
+    inputs = A.AdvantageInputs(token_rewards=token_rewards, mask=mask, values=exp.values, group_size=n,
+                               gamma=cfg.gamma, lam=cfg.lam, normalize_std=cfg.grpo_std_normalize,
+                               baseline=baseline, process_rewards=process, outcome_scores=scores)
+    advantages, returns = A.compute_advantages(spec.advantage, inputs)
+    whiten = spec.whiten if cfg.whiten_advantages is None else cfg.whiten_advantages
+    loss_mask = mask
+    if cfg.drop_uniform_groups and n > 1:
+        keep = A.nonuniform_groups(raw, n)  # (B,)
+        loss_mask = mask * keep[:, None].to(mask.dtype)
+        metrics["groups/dropped_fraction"] = 1.0 - float(keep.float().mean())
+    if whiten:
+        advantages = A.masked_whiten(advantages, loss_mask) * loss_mask
+    metrics.update({"advantages/mean": float(A.masked_mean(advantages, loss_mask)),
+                    "returns/mean": float(A.masked_mean(returns, mask))})
+    if exp.values is not None:
+        metrics["value/explained_variance"] = float(A.explained_variance(exp.values, returns, mask))
+    batch = UpdateBatch(input_ids=exp.input_ids, attention_mask=exp.attention_mask, position_ids=exp.position_ids,
+                        loss_mask=loss_mask, old_logprobs=exp.logprobs, ref_logprobs=ref, advantages=advantages,
+                        returns=returns, old_values=exp.values)
+    return batch, metrics
+
+
+def rollout_metrics(exp, gold=None) -> dict:
+    raw = exp.scores.float()
+    lengths = exp.response_mask.sum(-1).float()
+    out = {"reward/score_mean": float(raw.mean()), "reward/score_std": float(raw.std()) if raw.numel() > 1 else 0.0,
+           "reward/score_min": float(raw.min()), "reward/score_max": float(raw.max()),
+           "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
+           "response/eos_fraction": float(exp.eos.float().mean())}
+    if gold is not None:
+        out["reward/gold_mean"] = float(gold(exp).float().mean())
+    return out
+
+
+def update_prm(cfg, models, opt, exp, step: int) -> tuple[torch.Tensor, dict]:
+    """PRIME: one step of the implicit PRM on outcome labels (scores in [0, 1]); returns fresh PRM logprobs."""
+    from rlhfkit.algos import prime_prm_loss
+    from rlhfkit.models import response_logprobs
+    from rlhfkit.trainers.rl_update import optimizer_step
+
+    R = exp.response_mask.shape[1]
+    labels = exp.scores.float().clamp(0, 1)
+    prm_lp = response_logprobs(models.prm, exp.input_ids, exp.attention_mask, exp.position_ids, R,
+                               temperature=cfg.temperature)
+    loss, stats = prime_prm_loss(prm_lp, exp.ref_logprobs, exp.response_mask, labels, cfg.prime_beta)
+    loss.backward()
+    optimizer_step(step, "prm", opt.prm_params, opt.prm, None, cfg.max_grad_norm, cfg.on_nonfinite)
+    with torch.no_grad():
+        fresh = response_logprobs(models.prm, exp.input_ids, exp.attention_mask, exp.position_ids, R,
+                                  temperature=cfg.temperature)
+    return fresh, {"prime/prm_loss": float(loss), **{f"prime/{k}": float(v) for k, v in stats.items()}}
+
+
+def _ptx_stream(cfg, tokenizer, device):
+    from rlhfkit.data import collate_sft, load_sft, tokenize_sft
+
+    examples, _ = tokenize_sft(load_sft(cfg.ptx_data), tokenizer, cfg.max_prompt_length + cfg.max_new_tokens)
+    size = cfg.micro_batch_size or cfg.minibatch_size or cfg.prompts_per_step
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in itertools.count():
+        for idx in torch.randperm(len(examples), generator=gen).split(size):
+            batch = collate_sft([examples[i] for i in idx.tolist()], tokenizer.pad_token_id)
+            yield {k: v.to(device) for k, v in batch.items()}
+
+
+def train_rl(cfg: RLConfig) -> dict:
+    """Run RL end to end; returns {"output", "final", last metrics}."""
+    from rlhfkit import algos as A
+    from rlhfkit.data import load_prompts, tokenize_prompts
+    from rlhfkit.models import save_model
+    from rlhfkit.reporting import MetricsLogger, progress
+    from rlhfkit.rollout import GenerationSettings, make_experience
+
+    spec = get_algorithm(cfg.algo)
+    out_dir = Path(cfg.output)
+    save_config(cfg, out_dir)
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    models = build_models(cfg, spec, device)
+    rows, prompt_stats = tokenize_prompts(load_prompts(cfg.prompts, prompt_field=cfg.prompt_field), models.tokenizer,
+                                          cfg.max_prompt_length, overlong=cfg.overlong)
+    if not rows:
+        raise ConfigError(f"{cfg.prompts}: no prompt left after over-long handling ({prompt_stats})")
+    opt = build_optimizers(cfg, models)
+    n = cfg.n or spec.n
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  top_k=cfg.top_k, n=n, stop_strings=tuple(cfg.stop_strings))
+    kl_ctl = (A.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
+              else A.FixedKLController(cfg.kl_coef))
+    penalty_ctl = A.AdaptiveKLController(cfg.penalty_coef, cfg.penalty_target, cfg.kl_horizon)
+    moments = A.RunningMoments()
+    baseline = A.MovingAverageBaseline(cfg.baseline_decay)
+    ptx = _ptx_stream(cfg, models.tokenizer, device) if cfg.ptx_coef > 0 else None
+    trained = {"policy": models.policy, **({"critic": models.critic} if models.critic is not None else {}),
+               **({"prm": models.prm} if models.prm is not None else {})}
+    stateful = {"kl_ctl": kl_ctl, "penalty_ctl": penalty_ctl, "moments": moments, "baseline": baseline}
+
+    step = 0
+    if cfg.resume and (ckpt := latest_checkpoint(out_dir / "checkpoints")) is not None:
+        state = load_checkpoint(ckpt, trained)
+        for name in ("policy", "critic", "prm"):
+            if getattr(opt, name) is not None:
+                getattr(opt, name).load_state_dict(state[f"opt_{name}"])
+        opt.policy_sched.load_state_dict(state["sched_policy"])
+        for name, obj in stateful.items():
+            obj.load_state_dict(state[name])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+        print(f"[rl] resumed from {ckpt} at step {step}")
+
+    def checkpoint():
+        state = {"step": step, "rng": rng_state(), "sched_policy": opt.policy_sched.state_dict(),
+                 **{f"opt_{k}": getattr(opt, k).state_dict() for k in ("policy", "critic", "prm")
+                    if getattr(opt, k) is not None},
+                 **{k: v.state_dict() for k, v in stateful.items()}}
+        save_checkpoint(out_dir / "checkpoints", step, trained, state)
+
+    logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=step)
+    logger.event(step, "start", f"{cfg.algo}: {spec.summary}; {len(rows)} prompts ({prompt_stats})")
+    bar = progress(cfg.steps, desc=f"rl {cfg.algo}")
+    bar.update(step)
+    stop = StopFlag()
+    metrics: dict = {}
+    with stop.installed():
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            batch_rows = prompt_batch(rows, step, cfg.prompts_per_step, cfg.seed)
+            # 1-3. rollout: generate, policy / reference logprobs, values, scores
+            for m in trained.values():
+                m.eval()
+            exp = make_experience(models.policy, models.tokenizer, [r["text"] for r in batch_rows], settings,
+                                  reference=models.reference, critic=models.critic, scorer=models.scorer,
+                                  fields=_fields(batch_rows), ref_context=models.ref_context)
+            t_rollout = time.perf_counter() - t0
+            metrics = rollout_metrics(exp, models.gold)
+            prm_lp = None
+            if models.prm is not None:
+                models.prm.train()
+                prm_lp, prm_stats = update_prm(cfg, models, opt, exp, step)
+                metrics.update(prm_stats)
+            # 4. rewards, KL and advantages
+            batch, shaped = shape_rewards(cfg, spec, exp, kl_ctl.value, moments, baseline, prm_lp)
+            metrics.update(shaped)
+            # 5-6. policy and critic updates (the critic alone during warm-up)
+            for m in trained.values():
+                m.train()
+            t1 = time.perf_counter()
+            metrics.update(run_updates(cfg, spec, step, batch, models, opt, kl_ctl.value, penalty_ctl.value,
+                                       update_policy=step >= cfg.critic_warmup_steps, ptx_stream=ptx))
+            # 7. KL controllers
+            metrics["kl/coef"] = kl_ctl.value
+            kl_ctl.update(metrics["kl/mean"], n_steps=exp.response_mask.shape[0])
+            if spec.policy_loss == "penalty" and "policy/kl" in metrics:
+                penalty_ctl.update(metrics["policy/kl"], n_steps=exp.response_mask.shape[0])
+                metrics["policy/penalty_coef"] = penalty_ctl.value
+            step += 1
+            # 8. log and checkpoint
+            metrics.update({"lr": opt.policy_sched.get_last_lr()[0], "time/generate_s": t_rollout,
+                            "time/train_s": time.perf_counter() - t1, "time/step_s": time.perf_counter() - t0})
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                logger.log(step, metrics)
+            bar.update(1, score=metrics["reward/score_mean"], kl=metrics["kl/mean"])
+            if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
+                checkpoint()
+            if stop.requested:
+                bar.close()
+                logger.close()
+                raise RunInterrupted(stop.signal_name, step, out_dir)
+    bar.close()
+    logger.close()
+    final = Path(save_model(models.policy, models.tokenizer, out_dir / "final"))
+    if models.critic is not None:
+        models.critic.save_pretrained(final / "critic")
+    return {"output": str(out_dir), "final": str(final), **metrics}
+
+
+def _fields(rows: list) -> dict:
+    """Per-row extra fields (e.g. `answer`) as lists, for reward functions."""
+    keys = sorted({k for r in rows for k in r.get("fields", {})})
+    return {k: [r.get("fields", {}).get(k) for r in rows] for k in keys}

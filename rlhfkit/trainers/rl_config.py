@@ -1,0 +1,117 @@
+"""The configuration of `rlhfkit rl`: one flat dataclass, one field per knob, YAML 1:1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlhfkit.config import ConfigError, option
+
+AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+
+@dataclass
+class RLConfig:
+    """`rlhfkit rl --algo NAME`: optimize a policy against a reward model or function."""
+
+    # --- what to train, on what, judged by what
+    policy: str = option(help="starting policy (usually the SFT output folder): local folder or hub name")
+    prompts: str = option(help="prompts: `prompt` or chat `messages` rows (.jsonl/.json/.parquet/.csv/folder/hub); "
+                               "extra fields such as `answer` reach reward functions")
+    output: str = option(help="output folder (metrics.jsonl, checkpoints/, final/)")
+    algo: str = option("ppo", "ppo, ppo-penalty, reinforce, rloo, grpo, reinforce++, reinforce++-baseline, prime")
+    reward_model: str | None = option(None, "reward model folder (saved by `rlhfkit rm`, or any "
+                                            "AutoModelForSequenceClassification with num_labels=1)")
+    reward_fn: str | None = option(None, "reward function instead of a model: path/to/file.py:fn, module:fn or "
+                                         "exact_match; called as fn(prompts, responses, **fields) -> list of floats")
+    gold_fn: str | None = option(None, "optional second function logged as reward/gold_mean (never trained on): "
+                                       "the true reward of a synthetic task, to see reward hacking")
+    critic: str | None = option(None, "critic initialisation: a folder; default: the reward model (PPO-max) when "
+                                      "given, else the policy (fresh zero head)")
+    prompt_field: str | None = option(None, "name of the prompt field when it is not `prompt` / `messages`")
+    # --- rollout
+    prompts_per_step: int = option(8, "prompts sampled per RL step")
+    n: int | None = option(None, "responses per prompt, in consecutive groups (default: the algorithm's; "
+                                 "1 for ppo/reinforce, 4 for group methods)")
+    max_prompt_length: int = option(256, "longer prompts are truncated from the left or dropped (see overlong)")
+    overlong: str = option("truncate", "over-long prompts: truncate or drop (counted)", choices=("truncate", "drop"))
+    max_new_tokens: int = option(64, "response length limit")
+    temperature: float = option(1.0, "sampling temperature; logprobs are taken at the same temperature")
+    top_p: float = option(1.0, "nucleus sampling")
+    top_k: int = option(0, "top-k sampling (0 = off)")
+    stop_strings: tuple[str, ...] = option((), "extra strings that end a response")
+    # --- optimisation
+    steps: int = option(100, "RL steps (rollout + update)")
+    ppo_epochs: int = option(1, "passes over each batch of experience")
+    minibatch_size: int | None = option(None, "sequences per optimizer step (default: the whole batch)")
+    micro_batch_size: int | None = option(None, "sequences per forward/backward (gradient accumulation; "
+                                                "the gradient equals the whole minibatch's)")
+    lr: float = option(1e-6, "policy learning rate (AdamW)")
+    critic_lr: float | None = option(None, "critic learning rate (default: 5 x lr)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(0, "linear learning-rate warm-up, in optimizer steps")
+    max_grad_norm: float = option(1.0, "global gradient-norm clip per model (PPO-max); 0 disables")
+    loss_agg: str = option("token-mean", "how token losses become one number", choices=AGGREGATIONS)
+    # --- policy loss
+    clip_eps: float = option(0.2, "PPO ratio clip (low side, and high side unless clip_eps_high)")
+    clip_eps_high: float | None = option(None, "DAPO clip-higher: a larger upper clip, e.g. 0.28")
+    dual_clip: float | None = option(None, "dual-clip constant c > 1 bounding the loss for negative advantages")
+    penalty_coef: float = option(0.1, "ppo-penalty: initial beta of the KL(old||new) penalty")
+    penalty_target: float = option(0.01, "ppo-penalty: KL(old||new) target that adapts beta")
+    entropy_coef: float = option(0.0, "entropy bonus weight")
+    ptx_coef: float = option(0.0, "PPO-ptx: weight of an SFT loss on ptx_data mixed into the policy loss")
+    ptx_data: str | None = option(None, "demonstrations for PPO-ptx (any `rlhfkit sft` format)")
+    # --- KL to the reference
+    kl_coef: float = option(0.05, "beta: initial KL coefficient (0 = no reference model is loaded)")
+    kl_target: float | None = option(None, "adaptive KL: per-sequence KL target (Ziegler et al.); None = fixed beta")
+    kl_horizon: int = option(10000, "adaptive KL horizon in samples")
+    kl_estimator: str | None = option(None, "k1, k2, k3 or abs (default: k1 in the reward, k3 in the loss)",
+                                      choices=(None, "k1", "k2", "k3", "abs"))
+    kl_placement: str | None = option(None, "reward or loss (default: the algorithm's)", choices=(None, "reward", "loss"))
+    # --- advantages and rewards
+    gamma: float = option(1.0, "discount")
+    lam: float = option(0.95, "GAE lambda")
+    whiten_advantages: bool | None = option(None, "whiten advantages over the batch (default: the algorithm's)")
+    normalize_rewards: bool = option(False, "PPO-max: normalize scores by running mean/std")
+    reward_clip: float | None = option(None, "PPO-max: clip (normalized) scores to [-c, c]")
+    grpo_std_normalize: bool = option(True, "GRPO: divide by the group std (False = Dr. GRPO)")
+    drop_uniform_groups: bool = option(False, "DAPO dynamic sampling: drop groups whose scores are all equal")
+    baseline_decay: float = option(0.9, "reinforce: moving-average baseline decay")
+    value_clip: float | None = option(0.2, "value-loss clip range around the old values (None = unclipped)")
+    critic_warmup_steps: int = option(0, "PPO-max: steps that train only the critic before the policy moves")
+    prime_beta: float = option(0.05, "prime: beta of the implicit process reward beta*log(pi_prm/pi_ref)")
+    prime_lr: float | None = option(None, "prime: implicit PRM learning rate (default: lr)")
+    # --- models and run
+    lora_r: int = option(0, "LoRA rank for the policy (0 = full fine-tuning); the reference is then the "
+                            "same model with adapters disabled")
+    lora_alpha: int = option(16, "LoRA alpha")
+    dtype: str = option("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    device: str = option("auto", "cpu, cuda, ... or auto")
+    seed: int = option(0, "random seed (sampling, data order)")
+    log_every: int = option(1, "log every N steps")
+    save_every: int = option(0, "checkpoint every N steps (0: only at interrupt and the end)")
+    resume: bool = option(False, "continue from the newest complete checkpoint in output/checkpoints")
+    on_nonfinite: str = option("stop", "on a NaN/inf loss or gradient", choices=("stop", "skip"))
+    report_to: tuple[str, ...] = option(("jsonl",), "metric backends: jsonl, tensorboard, wandb")
+    trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
+
+    def __post_init__(self):
+        from rlhfkit.trainers.algorithms import get_algorithm
+
+        spec = get_algorithm(self.algo)
+        if (self.reward_model is None) == (self.reward_fn is None):
+            raise ConfigError("give exactly one of --reward-model (a folder) or --reward-fn (file.py:function)")
+        n = self.n or spec.n
+        if spec.n > 1 and n < 2:
+            raise ConfigError(f"{self.algo} compares samples of the same prompt: --n must be >= 2, got {n}")
+        batch = self.prompts_per_step * n
+        mb = self.minibatch_size or batch
+        if mb > batch or batch % mb:
+            raise ConfigError(f"minibatch_size {mb} must divide the batch of prompts_per_step x n = {batch}")
+        if self.micro_batch_size is not None and (self.micro_batch_size > mb or mb % self.micro_batch_size):
+            raise ConfigError(f"micro_batch_size {self.micro_batch_size} must divide minibatch_size {mb}")
+        if self.kl_coef < 0 or self.temperature <= 0 or self.max_new_tokens < 1:
+            raise ConfigError("kl_coef must be >= 0, temperature > 0 and max_new_tokens >= 1")
+        if self.ptx_coef > 0 and not self.ptx_data:
+            raise ConfigError("ptx_coef > 0 needs --ptx-data (demonstrations for the pretraining loss)")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError("dual_clip must be > 1 (e.g. 3.0)")

@@ -1,0 +1,185 @@
+"""Stages 5-6 of the RL loop: policy and critic updates over minibatches of experience.
+
+Every loss is aggregated with one global normalizer per minibatch (its valid tokens, or its
+sequences), so gradient accumulation over micro-batches gives the same gradient as one pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rlhfkit.trainers.common import TrainingError, check_finite, grad_norm
+
+
+@dataclass
+class UpdateBatch:
+    """Experience tensors the update needs, (N, ...) along the batch; `loss_mask` drops rows/tokens."""
+
+    input_ids: torch.Tensor  # (N, P+R)
+    attention_mask: torch.Tensor  # (N, P+R)
+    position_ids: torch.Tensor  # (N, P+R)
+    loss_mask: torch.Tensor  # (N, R) response_mask, zeroed for dropped groups
+    old_logprobs: torch.Tensor  # (N, R)
+    ref_logprobs: torch.Tensor | None  # (N, R)
+    advantages: torch.Tensor  # (N, R)
+    returns: torch.Tensor  # (N, R)
+    old_values: torch.Tensor | None  # (N, R)
+
+    def take(self, idx: torch.Tensor) -> "UpdateBatch":
+        return UpdateBatch(**{k: (v[idx] if torch.is_tensor(v) else v) for k, v in self.__dict__.items()})
+
+    @property
+    def response_length(self) -> int:
+        return self.loss_mask.shape[1]
+
+
+@dataclass
+class Accumulator:
+    """Token- or sequence-weighted sums of micro-batch statistics, for logging."""
+
+    sums: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)
+
+    def add(self, stats: dict, weight: float):
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+            self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def means(self) -> dict:
+        return {k: self.sums[k] / max(self.weights[k], 1e-12) for k in self.sums}
+
+
+def _normalizer(mask: torch.Tensor, agg: str) -> float:
+    if agg == "token-mean":
+        return float(mask.sum().clamp(min=1.0))
+    return float((mask.sum(-1) > 0).sum().clamp(min=1))
+
+
+def policy_loss_micro(cfg, spec, policy, mb: UpdateBatch, normalizer: float, kl_coef: float, penalty_coef: float):
+    """Loss of one micro-batch, already divided by the minibatch normalizer.
+
+    Returns (loss, sums, means): `sums` are loss terms that add up over micro-batches to the
+    minibatch's; `means` are per-token statistics of this micro-batch.
+    """
+    from rlhfkit.algos import entropy_loss, kl_loss, masked_mean, ppo_penalty_loss, ppo_policy_loss
+    from rlhfkit.models import response_logprobs
+
+    logprobs, entropy = response_logprobs(policy, mb.input_ids, mb.attention_mask, mb.position_ids,
+                                          mb.response_length, temperature=cfg.temperature, return_entropy=True)
+    common = dict(agg=cfg.loss_agg, normalizer=normalizer, norm_len=cfg.max_new_tokens)
+    if spec.policy_loss == "penalty":
+        loss, stats = ppo_penalty_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, beta=penalty_coef,
+                                       **common)
+    else:
+        loss, stats = ppo_policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, clip_eps=cfg.clip_eps,
+                                      clip_eps_high=cfg.clip_eps_high, dual_clip=cfg.dual_clip, **common)
+    means = {f"policy/{k}": float(v) for k, v in stats.items()}
+    means["policy/entropy"] = float(masked_mean(entropy.detach(), mb.loss_mask))
+    sums = {"loss/policy": float(loss)}
+    if cfg.entropy_coef:
+        ent, _ = entropy_loss(entropy, mb.loss_mask, **common)
+        loss = loss - cfg.entropy_coef * ent
+        sums["loss/entropy"] = float(ent)
+    if kl_coef > 0 and mb.ref_logprobs is not None and _kl_in_loss(cfg, spec):
+        kl, _ = kl_loss(logprobs, mb.ref_logprobs, mb.loss_mask, estimator=_kl_estimator(cfg, spec), **common)
+        loss = loss + kl_coef * kl
+        sums["loss/kl"] = float(kl)
+    return loss, sums, means
+
+
+def value_loss_micro(cfg, critic, mb: UpdateBatch, normalizer: float):
+    """Clipped value loss of one micro-batch / minibatch normalizer: (loss, sums, means)."""
+    from rlhfkit.algos import value_loss
+
+    # Value of the state before each response token: hidden state one position earlier.
+    values = critic.values(mb.input_ids, mb.attention_mask, mb.position_ids)[:, -mb.response_length - 1:-1]  # (n, R)
+    loss, stats = value_loss(values, mb.old_values, mb.returns, mb.loss_mask, clip_range=cfg.value_clip,
+                             agg="token-mean", normalizer=normalizer)
+    return loss, {"loss/value": float(loss)}, {f"value/{k}": float(v) for k, v in stats.items() if k != "loss"}
+
+
+def _kl_in_loss(cfg, spec) -> bool:
+    return (cfg.kl_placement or spec.kl_placement) == "loss"
+
+
+def _kl_estimator(cfg, spec) -> str:
+    return cfg.kl_estimator or ("k3" if _kl_in_loss(cfg, spec) else spec.kl_estimator)
+
+
+def optimizer_step(step: int, what: str, params, optimizer, scheduler, max_grad_norm: float, on_nonfinite: str) -> float:
+    """Check, clip and apply the accumulated gradient; returns the pre-clip norm."""
+    norm = grad_norm(params)
+    try:
+        check_finite(step, **{f"{what} gradient norm": norm})
+    except TrainingError:
+        optimizer.zero_grad(set_to_none=True)
+        if on_nonfinite == "skip":
+            return float("nan")
+        raise
+    if max_grad_norm and max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def run_updates(cfg, spec, step: int, batch: UpdateBatch, models, opt, kl_coef: float, penalty_coef: float,
+                update_policy: bool, ptx_stream=None) -> dict:
+    """ppo_epochs x minibatches x micro-batches of policy (and critic) updates; returns mean stats."""
+    n = batch.input_ids.shape[0]
+    mb_size = cfg.minibatch_size or n
+    micro = cfg.micro_batch_size or mb_size
+    acc = Accumulator()
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(n, generator=gen) if mb_size < n else torch.arange(n)
+        for start in range(0, n, mb_size):
+            minibatch = batch.take(order[start:start + mb_size])
+            norm = _normalizer(minibatch.loss_mask, cfg.loss_agg)
+            vnorm = _normalizer(minibatch.loss_mask, "token-mean")
+            sums: dict = {}
+            for ms in range(0, mb_size, micro):
+                mb = minibatch.take(torch.arange(ms, min(ms + micro, mb_size)))
+                weight = float(mb.loss_mask.sum())
+                if update_policy:
+                    loss, psums, means = policy_loss_micro(cfg, spec, models.policy, mb, norm, kl_coef, penalty_coef)
+                    check_finite(step, **{"policy loss": loss})
+                    loss.backward()
+                    _add(sums, psums)
+                    acc.add(means, weight)
+                if models.critic is not None:
+                    vloss, vsums, vmeans = value_loss_micro(cfg, models.critic, mb, vnorm)
+                    check_finite(step, **{"value loss": vloss})
+                    vloss.backward()
+                    _add(sums, vsums)
+                    acc.add(vmeans, weight)
+            if update_policy and ptx_stream is not None:
+                _add(sums, ptx_backward(cfg, models.policy, ptx_stream))
+            if update_policy:
+                sums["grad/norm"] = optimizer_step(step, "policy", opt.policy_params, opt.policy, opt.policy_sched,
+                                                   cfg.max_grad_norm, cfg.on_nonfinite)
+            if models.critic is not None:
+                sums["grad/critic_norm"] = optimizer_step(step, "critic", opt.critic_params, opt.critic, None,
+                                                          cfg.max_grad_norm, cfg.on_nonfinite)
+            acc.add(sums, 1.0)  # minibatch totals, averaged over minibatches and epochs
+    return acc.means()
+
+
+def _add(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        into[k] = into.get(k, 0.0) + v
+
+
+def ptx_backward(cfg, policy, ptx_stream) -> dict:
+    """PPO-ptx (InstructGPT): ptx_coef x SFT loss on a demonstration micro-batch, accumulated."""
+    from rlhfkit.trainers.sft import sft_token_loss
+
+    batch = next(ptx_stream)
+    tokens = float(batch["loss_mask"][:, 1:].sum().clamp(min=1.0))
+    loss, stats = sft_token_loss(policy, batch, tokens)
+    (cfg.ptx_coef * loss).backward()
+    return {"loss/sft": stats["loss"]}

@@ -1,0 +1,166 @@
+"""Stage 2: a reward model from preference pairs (Bradley-Terry), with an optional LM loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import ConfigError, option, save_config
+from rlhfkit.trainers.supervised import SupervisedStage, run_supervised
+
+
+@dataclass
+class RMConfig:
+    """`rlhfkit rm`: train a scalar reward model on (prompt, chosen, rejected) pairs."""
+
+    model: str = option(help="backbone to start from (usually the SFT output folder): local folder or hub name")
+    data: str = option(help="preference pairs: prompt/chosen/rejected, HH-RLHF, SHP, WebGPT or "
+                            "Summarize-from-Feedback layouts (.jsonl/.json/.parquet/.csv/folder/hub)")
+    output: str = option(help="output folder (metrics.jsonl, checkpoints/, final/)")
+    eval_data: str | None = option(None, "held-out pairs; default: eval_fraction of `data`")
+    eval_fraction: float = option(0.05, "fraction of `data` held out when eval_data is not given")
+    data_format: str | None = option(None, "force the row format instead of detecting it",
+                                     choices=(None, "pairs", "hh-rlhf", "shp", "webgpt", "summarize"))
+    max_length: int = option(512, "longest prompt + response in tokens")
+    overlong: str = option("truncate", "what to do with longer pairs (counted in the log)", choices=("truncate", "drop"))
+    use_margin: bool = option(True, "subtract the per-pair `margin` field inside the sigmoid when present")
+    lm_coef: float = option(0.0, "weight of the LM loss on the chosen response (MOSS-RLHF imitation term); 0 = off")
+    epochs: int = option(1, "passes over the training pairs")
+    batch_size: int = option(16, "pairs per optimizer step")
+    micro_batch_size: int | None = option(None, "pairs per forward/backward (gradient accumulation)")
+    lr: float = option(1e-5, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(0, "linear warm-up steps")
+    scheduler: str = option("cosine", "learning-rate decay after warm-up", choices=("constant", "linear", "cosine"))
+    max_grad_norm: float = option(1.0, "global gradient-norm clip (0 disables)")
+    dtype: str = option("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    device: str = option("auto", "cpu, cuda, ... or auto")
+    seed: int = option(0, "random seed")
+    log_every: int = option(10, "log train metrics every N steps")
+    eval_every: int = option(0, "evaluate every N steps (0: at the end only)")
+    save_every: int = option(0, "checkpoint every N steps (0: only on interrupt)")
+    resume: bool = option(False, "continue from the newest complete checkpoint in output/checkpoints")
+    on_nonfinite: str = option("stop", "on a NaN/inf loss or gradient", choices=("stop", "skip"))
+    report_to: tuple[str, ...] = option(("jsonl",), "metric backends: jsonl, tensorboard, wandb")
+    trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise ConfigError("micro_batch_size must be between 1 and batch_size")
+        if self.lm_coef < 0:
+            raise ConfigError("lm_coef must be >= 0")
+
+
+class PairLoss:
+    """Bradley-Terry loss on a collated batch of B pairs (+ lm_coef * NLL of the chosen responses).
+
+    Called with a ModuleDict holding "model" (the scalar-head reward model) and, when lm_coef > 0,
+    "lm_head" (a trainable copy of the backbone's LM head).
+    """
+
+    def __init__(self, use_margin: bool, lm_coef: float = 0.0):
+        self.use_margin, self.lm_coef = use_margin, lm_coef
+
+    def __call__(self, modules, batch: dict, normalizer: float):
+        from rlhfkit.algos import logprobs_from_logits, pairwise_reward_loss
+
+        model = modules["model"]
+
+        n = batch["margin"].shape[0]
+        hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["position_ids"])  # (2B, T, H)
+        scores = model.head_scores(hidden, batch["last_index"])  # (2B,)
+        chosen, rejected = scores[:n], scores[n:]
+        margin = batch["margin"] if self.use_margin else None
+        pair_sum = pairwise_reward_loss(chosen, rejected, margin=margin) * n
+        loss = pair_sum / normalizer
+        stats = {"loss": float(pair_sum) / normalizer,
+                 "accuracy": float((chosen > rejected).float().sum()) / normalizer}
+        if self.lm_coef > 0:
+            # Imitation term on the chosen responses (MOSS-RLHF): token-mean NLL within the micro-batch.
+            logits = modules["lm_head"](hidden[:n, :-1])  # (B, T-1, V)
+            logprobs = logprobs_from_logits(logits, batch["input_ids"][:n, 1:])
+            mask = batch["chosen_loss_mask"][:, 1:].to(logprobs.dtype)
+            nll = -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
+            loss = loss + self.lm_coef * nll * (n / normalizer)
+            stats["lm_loss"] = float(nll) * n / normalizer
+        return loss, stats
+
+
+@torch.no_grad()
+def evaluate_pairs(model, examples: list, collate, batch_size: int, use_margin: bool) -> dict:
+    """Held-out loss, accuracy, mean margin r_c - r_r, and the mean/std of all scores."""
+    from rlhfkit.algos import pairwise_reward_loss
+
+    if not examples:
+        return {}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chosen_all, rejected_all, loss_sum = [], [], 0.0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples[start:start + batch_size]).items()}
+        n = batch["margin"].shape[0]
+        scores = model.score(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["last_index"])
+        chosen_all.append(scores[:n])
+        rejected_all.append(scores[n:])
+        loss_sum += float(pairwise_reward_loss(scores[:n], scores[n:], batch["margin"] if use_margin else None)) * n
+    model.train(was_training)
+    chosen, rejected = torch.cat(chosen_all), torch.cat(rejected_all)
+    both = torch.cat([chosen, rejected])
+    return {"eval/loss": loss_sum / len(chosen), "eval/accuracy": float((chosen > rejected).float().mean()),
+            "eval/margin_mean": float((chosen - rejected).mean()), "eval/score_mean": float(both.mean()),
+            "eval/score_std": float(both.std()) if both.numel() > 1 else 0.0}
+
+
+def train_rm(cfg: RMConfig) -> dict:
+    """Train the reward model end to end; returns {"output", "final", eval metrics}."""
+    from rlhfkit.data import collate_preferences, load_preferences, split_train_eval, tokenize_preferences
+    from rlhfkit.models import load_critic, load_tokenizer
+    from rlhfkit.trainers.common import resolve_device, set_seed
+
+    out_dir = Path(cfg.output)
+    save_config(cfg, out_dir)
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    # A scalar head on the backbone, zero-initialised: every pair starts at loss log 2.
+    model = load_critic(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    lm_head = _lm_head(cfg, device) if cfg.lm_coef > 0 else None
+
+    rows = load_preferences(cfg.data, format=cfg.data_format)
+    if cfg.eval_data:
+        train_rows, eval_rows = rows, load_preferences(cfg.eval_data, format=cfg.data_format)
+    else:
+        train_rows, eval_rows = split_train_eval(rows, cfg.eval_fraction, seed=cfg.seed)
+    train, stats = tokenize_preferences(train_rows, tokenizer, cfg.max_length, overlong=cfg.overlong)
+    evals, _ = tokenize_preferences(eval_rows, tokenizer, cfg.max_length, overlong=cfg.overlong)
+    if not train:
+        raise ConfigError(f"{cfg.data}: no pair is left after over-long handling ({stats}); raise --max-length")
+    pad_id = tokenizer.pad_token_id
+    collate = lambda ex: collate_preferences(ex, pad_id)  # noqa: E731
+    eval_bs = cfg.micro_batch_size or cfg.batch_size
+    stage = SupervisedStage(collate=collate, loss=PairLoss(cfg.use_margin, cfg.lm_coef), count=lambda e: 1,
+                            evaluate=lambda: evaluate_pairs(model, evals, collate, eval_bs, cfg.use_margin))
+    trainable = torch.nn.ModuleDict({"model": model, **({"lm_head": lm_head} if lm_head is not None else {})})
+    print(f"[rm] {len(train)} training pairs ({stats}), {len(evals)} eval pairs")
+    metrics = run_supervised(cfg, trainable, train, stage, out_dir)
+    # Score statistics on the eval set travel with the model so RL can normalize rewards.
+    model.reward_mean = metrics.get("eval/score_mean", 0.0)
+    model.reward_std = metrics.get("eval/score_std", 1.0)
+    final = out_dir / "final"
+    model.save_pretrained(final, tokenizer=tokenizer)
+    return {"output": str(out_dir), "final": str(final), **metrics, **{f"data/{k}": v for k, v in stats.items()}}
+
+
+def _lm_head(cfg: RMConfig, device):
+    """A trainable copy of the backbone's LM head, used only for the imitation loss (not saved)."""
+    from rlhfkit.models import load_causal_lm
+
+    lm = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    head = lm.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())
+    return head

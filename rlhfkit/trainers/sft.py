@@ -1,0 +1,144 @@
+"""Stage 1: supervised fine-tuning on demonstrations (loss on response tokens only)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import ConfigError, option, save_config
+from rlhfkit.trainers.supervised import SupervisedStage, run_supervised
+
+
+@dataclass
+class SFTConfig:
+    """`rlhfkit sft`: fine-tune a causal LM on prompt -> response demonstrations."""
+
+    model: str = option(help="policy to fine-tune: a local folder or a hub name")
+    data: str = option(help="demonstrations: .jsonl/.json/.parquet/.csv, a save_to_disk folder or a hub dataset "
+                            "(prompt/response, instruction/input/output, or chat messages)")
+    output: str = option(help="output folder (metrics.jsonl, checkpoints/, final/)")
+    eval_data: str | None = option(None, "held-out demonstrations; default: eval_fraction of `data`")
+    eval_fraction: float = option(0.05, "fraction of `data` held out when eval_data is not given")
+    data_format: str | None = option(None, "force the row format instead of detecting it from the fields",
+                                     choices=(None, "prompt-response", "alpaca", "messages"))
+    max_length: int = option(512, "longest prompt + response in tokens")
+    overlong: str = option("truncate", "what to do with longer rows (counted in the log)", choices=("truncate", "drop"))
+    packing: bool = option(False, "pack several examples into each row of max_length (no attention across them)")
+    epochs: int = option(1, "passes over the training data")
+    batch_size: int = option(16, "examples per optimizer step")
+    micro_batch_size: int | None = option(None, "examples per forward/backward (gradient accumulation); "
+                                                "default: batch_size")
+    lr: float = option(2e-5, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_steps: int = option(0, "linear warm-up steps")
+    scheduler: str = option("cosine", "learning-rate decay after warm-up", choices=("constant", "linear", "cosine"))
+    max_grad_norm: float = option(1.0, "global gradient-norm clip (0 disables)")
+    lora_r: int = option(0, "LoRA rank (0 = full fine-tuning); needs `pip install peft`")
+    lora_alpha: int = option(16, "LoRA alpha")
+    dtype: str = option("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    device: str = option("auto", "cpu, cuda, cuda:1, ... or auto")
+    seed: int = option(0, "random seed")
+    log_every: int = option(10, "log train metrics every N steps")
+    eval_every: int = option(0, "evaluate every N steps (0: at the end only)")
+    save_every: int = option(0, "checkpoint every N steps (0: only on interrupt)")
+    resume: bool = option(False, "continue from the newest complete checkpoint in output/checkpoints")
+    on_nonfinite: str = option("stop", "on a NaN/inf loss or gradient", choices=("stop", "skip"))
+    report_to: tuple[str, ...] = option(("jsonl",), "metric backends: jsonl, tensorboard, wandb")
+    trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be >= 1")
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            raise ConfigError("micro_batch_size must be between 1 and batch_size")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError("eval_fraction must be in [0, 1)")
+        if self.max_length < 2:
+            raise ConfigError("max_length must be at least 2 tokens")
+
+
+def sft_token_loss(model, batch: dict, normalizer: float):
+    """Sum of -log p(response token) over the micro-batch / normalizer (tokens in the minibatch).
+
+    batch: input_ids, attention_mask, position_ids, loss_mask (B, T); loss_mask[b, t] = 1 when token t is
+    a response token the model must predict from tokens < t.
+    """
+    from rlhfkit.algos import logprobs_from_logits
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask_4d", batch["attention_mask"]),
+                   position_ids=batch["position_ids"], use_cache=False).logits  # (B, T, V)
+    logprobs = logprobs_from_logits(logits[:, :-1], batch["input_ids"][:, 1:])  # (B, T-1)
+    mask = batch["loss_mask"][:, 1:].to(logprobs.dtype)
+    nll_sum = -(logprobs * mask).sum()
+    return nll_sum / normalizer, {"loss": float(nll_sum) / normalizer, "tokens": float(mask.sum())}
+
+
+@torch.no_grad()
+def eval_loss(model, examples: list, collate, batch_size: int) -> dict:
+    """Token-mean NLL and perplexity of the response tokens of `examples`."""
+    if not examples:
+        return {}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0.0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(examples[start:start + batch_size]).items()}
+        loss, stats = sft_token_loss(model, batch, 1.0)
+        total += float(loss)
+        tokens += stats["tokens"]
+    model.train(was_training)
+    mean = total / max(tokens, 1.0)
+    return {"eval/loss": mean, "eval/ppl": math.exp(min(mean, 50.0))}
+
+
+def train_sft(cfg: SFTConfig) -> dict:
+    """Run SFT end to end; returns {"output", "final", eval metrics, data counts}."""
+    from rlhfkit.data import collate_sft, load_sft, pack_sft, split_train_eval, tokenize_sft
+    from rlhfkit.models import load_causal_lm, load_tokenizer, save_model
+    from rlhfkit.trainers.common import resolve_device, set_seed
+
+    out_dir = Path(cfg.output)
+    save_config(cfg, out_dir)
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    if cfg.lora_r:
+        from rlhfkit.models import apply_lora
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+
+    rows = load_sft(cfg.data, format=cfg.data_format)
+    if cfg.eval_data:
+        train_rows, eval_rows = rows, load_sft(cfg.eval_data, format=cfg.data_format)
+    else:
+        train_rows, eval_rows = split_train_eval(rows, cfg.eval_fraction, seed=cfg.seed)
+    train, train_stats = tokenize_sft(train_rows, tokenizer, cfg.max_length, overlong=cfg.overlong)
+    evals, _ = tokenize_sft(eval_rows, tokenizer, cfg.max_length, overlong=cfg.overlong)
+    if not train:
+        raise ConfigError(f"{cfg.data}: no training example is left after over-long handling "
+                          f"({train_stats}); raise --max-length or use --overlong truncate")
+    pad_id = tokenizer.pad_token_id
+    if cfg.packing:
+        train = pack_sft(train, cfg.max_length)
+    collate = (lambda ex: collate_sft(ex, pad_id)) if not cfg.packing else _collate_packed
+    stage = SupervisedStage(
+        collate=collate, loss=sft_token_loss, count=_count_tokens,
+        evaluate=lambda: eval_loss(model, evals, lambda ex: collate_sft(ex, pad_id), cfg.micro_batch_size or cfg.batch_size))
+    print(f"[sft] {len(train)} training rows ({train_stats}), {len(evals)} eval rows")
+    metrics = run_supervised(cfg, model, train, stage, out_dir)
+    final = save_model(model, tokenizer, out_dir / "final")
+    return {"output": str(out_dir), "final": str(final), **metrics, **{f"data/{k}": v for k, v in train_stats.items()}}
+
+
+def _count_tokens(example: dict) -> int:
+    # The first token of a row is never predicted, so it never counts (matches `sft_token_loss`).
+    return int(sum(example["loss_mask"][1:]))
+
+
+def _collate_packed(rows):
+    from rlhfkit.data import collate_packed
+    return collate_packed(rows)

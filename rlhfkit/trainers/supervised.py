@@ -1,0 +1,124 @@
+"""The one loop behind SFT and reward-model training: shuffle, minibatch, accumulate, step.
+
+Both stages differ only in how a batch is collated and which loss it gets; this loop owns the
+rest (epochs, gradient accumulation with a global normalizer, clipping, logging, evaluation,
+atomic checkpoints, resume, Ctrl-C / SIGTERM).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlhfkit.trainers.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.trainers.common import (RunInterrupted, StopFlag, TrainingError, check_finite, grad_norm, make_optimizer,
+                                     make_scheduler)
+
+
+@dataclass
+class SupervisedStage:
+    """What a supervised stage plugs into the loop.
+
+    collate(examples) -> batch dict of tensors; loss(batch, normalizer) -> (loss, stats) where
+    loss is already divided by `normalizer` (the minibatch's total count from `count`), so summing
+    micro-batch losses gives the minibatch loss exactly; evaluate() -> metrics dict.
+    """
+
+    collate: Callable
+    loss: Callable
+    count: Callable  # example -> its weight in the normalizer (tokens for SFT, 1 pair for RM)
+    evaluate: Callable
+    stats_per: str = "example"  # stats returned by loss are sums over examples ("example") to average
+
+
+def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: Path) -> dict:
+    """Train `model` on `examples` for cfg.epochs; returns the last eval metrics.
+
+    Reads from cfg: epochs, batch_size, micro_batch_size, lr, weight_decay, warmup_steps, scheduler,
+    max_grad_norm, seed, log_every, eval_every, save_every, resume, on_nonfinite.
+    """
+    from rlhfkit.reporting import MetricsLogger, progress
+
+    device = next(model.parameters()).device
+    steps_per_epoch = max(1, len(examples) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, total_steps, cfg.warmup_steps, cfg.scheduler)
+    micro = cfg.micro_batch_size or cfg.batch_size
+    ckpt_root = out_dir / "checkpoints"
+    step = 0
+    if cfg.resume and (ckpt := latest_checkpoint(ckpt_root)) is not None:
+        state = load_checkpoint(ckpt, {"model": model})
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        step = int(state["step"])
+    logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=step)
+
+    def checkpoint():
+        save_checkpoint(ckpt_root, step, {"model": model}, {
+            "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng_state()})
+
+    eval_metrics: dict = {}
+    stop = StopFlag()
+    bar = progress(total_steps, desc=out_dir.name)
+    bar.update(step)
+    with stop.installed():
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            # The order of an epoch depends only on (seed, epoch): resuming mid-epoch sees the same order.
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+            batch_ids = order[index * cfg.batch_size:(index + 1) * cfg.batch_size].tolist()
+            batch = [examples[i] for i in batch_ids]
+            t0 = time.perf_counter()
+            model.train()
+            normalizer = float(sum(stage.count(e) for e in batch))
+            totals: dict[str, float] = {}
+            for start in range(0, len(batch), micro):
+                mb = {k: v.to(device) if torch.is_tensor(v) else v
+                      for k, v in stage.collate(batch[start:start + micro]).items()}
+                loss, stats = stage.loss(model, mb, normalizer)
+                loss.backward()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+            norm = grad_norm(params)
+            try:
+                check_finite(step, **{"loss": totals.get("loss", 0.0), "gradient norm": norm})
+            except TrainingError:
+                optimizer.zero_grad(set_to_none=True)
+                if cfg.on_nonfinite != "skip":
+                    checkpoint()
+                    raise
+            else:
+                if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            metrics = {f"train/{k}": v for k, v in totals.items()}
+            metrics.update({"grad/norm": float(norm), "lr": scheduler.get_last_lr()[0],
+                            "time/step_s": time.perf_counter() - t0})
+            evaluated = (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps
+            if evaluated:
+                eval_metrics = stage.evaluate()
+                metrics.update(eval_metrics)
+            if evaluated or step % cfg.log_every == 0:
+                logger.log(step, metrics)
+            bar.update(1, loss=totals.get("loss", float("nan")))
+            if cfg.save_every and step % cfg.save_every == 0:
+                checkpoint()
+            if stop.requested:
+                checkpoint()
+                bar.close()
+                logger.close()
+                raise RunInterrupted(stop.signal_name, step, out_dir)
+    bar.close()
+    logger.close()
+    return eval_metrics
