@@ -175,21 +175,21 @@ def sequence_returns(token_rewards: torch.Tensor, mask: torch.Tensor, gamma: flo
 
 
 @torch.no_grad()
-def drop_uniform_groups(scores: torch.Tensor, group_size: int, atol: float = 0.0) -> torch.Tensor:
+def nonuniform_groups(scores: torch.Tensor, group_size: int, atol: float = 0.0) -> torch.Tensor:
     """DAPO's dynamic sampling filter (Yu et al. 2025): which samples to KEEP.
 
     scores: (B,) -> (B,) bool, True for every sample of a group whose scores are not all equal
     (within `atol`). A group where all G samples scored the same has zero group-relative
     advantage and only dilutes the batch.
     """
-    groups = _groups(scores, group_size, "drop_uniform_groups")  # (B // G, G)
+    groups = _groups(scores, group_size, "nonuniform_groups")  # (B // G, G)
     spread = groups.max(dim=-1).values - groups.min(dim=-1).values  # (B // G,)
     keep = spread > atol
     return keep[:, None].expand(-1, group_size).reshape(-1)
 
 
 __all__ = [
-    "broadcast_to_tokens", "discounted_returns", "drop_uniform_groups", "gae_advantages", "grpo_advantages",
+    "broadcast_to_tokens", "discounted_returns", "nonuniform_groups", "gae_advantages", "grpo_advantages",
     "reinforce_baseline_advantages", "reinforce_pp_advantages", "reinforce_pp_baseline_advantages",
     "rloo_advantages", "sequence_returns",
 ]

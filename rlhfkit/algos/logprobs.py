@@ -1,36 +1,113 @@
-"""Log-probabilities and entropy from logits, without a full float32 log-softmax copy."""
+"""Log-probabilities and entropy from logits, without a full float32 log-softmax copy.
+
+Both run row chunk by row chunk: at most `chunk_size` rows of the (N, V) logits are upcast to
+float32 at a time, in the forward AND in the backward pass. The backward is written by hand
+(a custom autograd Function) because autograd through the chunked forward would keep every
+float32 chunk alive until backward, which adds up to the full copy we set out to avoid; here
+only the logits themselves (in their own dtype) and one float32 number per row are saved.
+"""
 
 from __future__ import annotations
 
 import torch
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # at least float32 (bf16/fp16 logsumexp is too coarse); float64 stays float64 for gradcheck
+    return torch.promote_types(dtype, torch.float32)
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """log p(label) = z[label] - logsumexp(z);  d/dz = onehot(label) - softmax(z)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        dtype = _compute_dtype(logits.dtype)
+        n = logits.shape[0]
+        out = torch.empty(n, dtype=dtype, device=logits.device)
+        lse = torch.empty(n, dtype=dtype, device=logits.device)
+        for start in range(0, n, chunk_size):
+            rows = logits[start:start + chunk_size].to(dtype)  # (n, V)
+            lse[start:start + chunk_size] = torch.logsumexp(rows, dim=-1)
+            picked = rows.gather(-1, labels[start:start + chunk_size, None]).squeeze(-1)
+            out[start:start + chunk_size] = picked - lse[start:start + chunk_size]
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, labels, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_size):
+            sl = slice(start, start + ctx.chunk_size)
+            g_rows = grad_out[sl, None].to(lse.dtype)  # (n, 1)
+            probs = torch.exp(logits[sl].to(lse.dtype) - lse[sl, None])  # (n, V)
+            g = (-g_rows) * probs
+            g.scatter_add_(-1, labels[sl, None], g_rows)
+            grad[sl] = g.to(logits.dtype)
+        return grad, None, None
+
+
+class _ChunkedEntropy(torch.autograd.Function):
+    """H = -sum p log p;  dH/dz = -p * (log p + H)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        dtype = _compute_dtype(logits.dtype)
+        n = logits.shape[0]
+        out = torch.empty(n, dtype=dtype, device=logits.device)
+        lse = torch.empty(n, dtype=dtype, device=logits.device)
+        for start in range(0, n, chunk_size):
+            rows = logits[start:start + chunk_size].to(dtype)  # (n, V)
+            lse[start:start + chunk_size] = torch.logsumexp(rows, dim=-1)
+            logp = rows - lse[start:start + chunk_size, None]
+            out[start:start + chunk_size] = -_p_logp(logp).sum(-1)
+        ctx.save_for_backward(logits, lse, out)
+        ctx.chunk_size = chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, lse, entropy = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_size):
+            sl = slice(start, start + ctx.chunk_size)
+            logp = logits[sl].to(lse.dtype) - lse[sl, None]  # (n, V)
+            g = -(_p_logp(logp) + torch.exp(logp) * entropy[sl, None])
+            grad[sl] = (g * grad_out[sl, None].to(lse.dtype)).to(logits.dtype)
+        return grad, None
+
+
+def _p_logp(logp: torch.Tensor) -> torch.Tensor:
+    # p log p -> 0 as p -> 0; a -inf logit (masked vocabulary) would otherwise give 0 * -inf = NaN
+    p = torch.exp(logp)
+    return torch.where(p > 0, p * logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
+
+
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
     """log p(label) under softmax(logits).
 
-    logits: (..., V); labels: (...) int64 -> (...) float32.
+    logits: (..., V); labels: (...) int -> (...) float32 (float64 for float64 logits).
     Computes `logit[label] - logsumexp(logits)` row chunk by row chunk in float32, so at most
-    `chunk_size` rows are upcast at once (a (B, T, V) log-softmax copy is never made).
+    `chunk_size` rows are upcast at once, in the forward and in the backward pass
+    (a (B, T, V) log-softmax copy is never made). Equals `log_softmax(logits).gather(labels)`.
     """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logprobs_from_logits: logits {tuple(logits.shape)} must be labels "
+                         f"{tuple(labels.shape)} plus a vocabulary dimension")
     flat_logits = logits.reshape(-1, logits.shape[-1])  # (N, V)
-    flat_labels = labels.reshape(-1)  # (N,)
-    out = torch.empty(flat_labels.shape, dtype=torch.float32, device=logits.device)
-    for start in range(0, flat_logits.shape[0], chunk_size):
-        rows = flat_logits[start:start + chunk_size].float()  # (n, V)
-        picked = rows.gather(-1, flat_labels[start:start + chunk_size, None]).squeeze(-1)
-        out[start:start + chunk_size] = picked - torch.logsumexp(rows, dim=-1)
+    flat_labels = labels.reshape(-1).long()  # (N,)
+    out = _ChunkedLogprobs.apply(flat_logits, flat_labels, chunk_size)  # (N,)
     return out.view(labels.shape)
 
 
 def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """Entropy H = logsumexp(z) - sum softmax(z) * z of the categorical given by logits.
+    """Entropy H = -sum_v p_v log p_v = logsumexp(z) - sum_v softmax(z)_v z_v of the categorical given by logits.
 
-    logits: (..., V) -> (...) float32, computed in row chunks like `logprobs_from_logits`.
+    logits: (..., V) -> (...) float32, computed in row chunks like `logprobs_from_logits`
+    (differentiable, with a chunked hand-written backward).
     """
     flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
-    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
-    for start in range(0, flat.shape[0], chunk_size):
-        rows = flat[start:start + chunk_size].float()
-        probs = torch.softmax(rows, dim=-1)
-        out[start:start + chunk_size] = torch.logsumexp(rows, dim=-1) - (probs * rows).sum(-1)
+    out = _ChunkedEntropy.apply(flat, chunk_size)  # (N,)
     return out.view(logits.shape[:-1])

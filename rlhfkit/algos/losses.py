@@ -42,27 +42,20 @@ def entropy_bonus(
     agg: str = "token-mean",
     normalizer: float | torch.Tensor | None = None,
     norm_len: int | None = None,
-) -> torch.Tensor:
-    """The aggregated policy entropy H (positive): entropy, mask (B, T) -> scalar.
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The aggregated policy entropy H, a bonus (Mnih et al. 2016): entropy, mask (B, T) -> (H, stats).
 
-    SUBTRACT `coef * entropy_bonus(...)` from the loss to encourage exploration.
+    H is POSITIVE: SUBTRACT it, `loss = loss - coef * H`, so that minimizing the loss raises the
+    entropy. stats: entropy (masked token mean).
     """
-    return aggregate_loss(entropy, mask, agg, normalizer, norm_len)
+    bonus = aggregate_loss(entropy, mask, agg, normalizer, norm_len)
+    with torch.no_grad():
+        stats = {"entropy": masked_mean(entropy, mask)}
+    return bonus, stats
 
 
-def entropy_loss(
-    entropy: torch.Tensor,
-    mask: torch.Tensor,
-    agg: str = "token-mean",
-    normalizer: float | torch.Tensor | None = None,
-    norm_len: int | None = None,
-) -> torch.Tensor:
-    """The entropy term as a loss, -H: entropy, mask (B, T) -> scalar.
-
-    ADD `coef * entropy_loss(...)` to the loss; minimizing it raises the entropy
-    (Mnih et al. 2016). Equals `-entropy_bonus(...)`.
-    """
-    return -entropy_bonus(entropy, mask, agg, normalizer, norm_len)
+# The trainers' name for the same term; it returns +H too, to be subtracted from the loss.
+entropy_loss = entropy_bonus
 
 
 def sft_loss(
