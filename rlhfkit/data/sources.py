@@ -46,7 +46,8 @@ def load_rows(source, split: str = "train") -> list[dict]:
 
     source: a path to `.jsonl`, `.json` (a list of objects, or {"data": [...]}), `.parquet`,
     `.csv`, a folder written by `datasets.save_to_disk` (a DatasetDict gives `split`), a Hub
-    dataset name (only when no such local path exists), or an in-memory list of dicts.
+    dataset name (only when no such local path exists), or in memory: a list of dicts or a
+    `datasets.Dataset`.
     Raises `DataError` for a missing or empty file, invalid JSON (naming the line), or a row
     that is not an object.
     """
@@ -55,6 +56,8 @@ def load_rows(source, split: str = "train") -> list[dict]:
 
 def read_table(source, split: str = "train") -> Table:
     """Like `load_rows` but keeps each row's location (see `Table.where`)."""
+    if hasattr(source, "to_list") and not isinstance(source, (str, os.PathLike)):
+        source = source.to_list()  # an in-memory `datasets.Dataset`
     if isinstance(source, (list, tuple)):
         table = Table("rows given in memory", list(source))
         _check_objects(table)
