@@ -70,13 +70,14 @@ def evaluate_policy(policy, tokenizer, rows: list, settings, scorer=None, gold=N
     kl_to_ref: mean over responses of sum_t (log pi(y_t) - log pi_ref(y_t)) (k1; unbiased);
     ppl: exp of the mean negative reference log-likelihood per response token.
     """
+    from rlhfkit.data import prompt_fields
     from rlhfkit.rollout import make_experience
 
     scores, golds, kls, ref_nll, ref_tokens, lengths, responses, samples = [], [], [], 0.0, 0.0, [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        exp = make_experience(policy, tokenizer, [r["text"] for r in chunk], settings, reference=reference,
-                              scorer=scorer, fields=_fields(chunk))
+        exp = make_experience(policy, tokenizer, [r["prompt_text"] for r in chunk], settings, reference=reference,
+                              scorer=scorer, fields=prompt_fields(chunk))
         mask = exp.response_mask
         lengths += mask.sum(-1).tolist()
         responses += list(exp.responses)
@@ -171,7 +172,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         a, b = result["policy"], result["compare"]
         if cfg.judge and cfg.judge != "reward":
             judge = load_reference(cfg.judge, dtype=cfg.dtype, device=device)
-            verdicts = judge_pairs(judge, load_tokenizer(cfg.judge), [r["text"] for r in rows],
+            verdicts = judge_pairs(judge, load_tokenizer(cfg.judge), [r["prompt_text"] for r in rows],
                                    a["_responses"], b["_responses"])
             result["win_rate"] = win_rate(verdicts, [0.5] * len(verdicts)) | {"judge": cfg.judge}
         elif a["_scores"]:
@@ -201,7 +202,3 @@ def format_table(per_policy: dict) -> str:
 def _mean(xs) -> float:
     return float(sum(xs) / len(xs)) if len(xs) else float("nan")
 
-
-def _fields(rows: list) -> dict:
-    keys = sorted({k for r in rows for k in r.get("fields", {})})
-    return {k: [r.get("fields", {}).get(k) for r in rows] for k in keys}

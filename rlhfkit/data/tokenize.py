@@ -138,3 +138,11 @@ def tokenize_prompts(rows: list[dict], tokenizer, max_prompt_length: int, overlo
         examples.append({**row, "prompt_text": text, "prompt_ids": ids})
     stats["kept"] = len(examples)
     return examples, stats
+
+
+def prompt_fields(examples: list[dict]) -> dict[str, list]:
+    """The extra fields of tokenized prompt rows (e.g. `answer`) as lists, one value per row, for
+    reward functions. Rows without a field get None."""
+    skip = {"prompt", "prompt_text", "prompt_ids"}
+    keys = sorted({k for e in examples for k in e if k not in skip})
+    return {k: [e.get(k) for e in examples] for k in keys}

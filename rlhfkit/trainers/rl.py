@@ -178,7 +178,7 @@ def _ptx_stream(cfg, tokenizer, device):
 def train_rl(cfg: RLConfig) -> dict:
     """Run RL end to end; returns {"output", "final", last metrics}."""
     from rlhfkit import algos as A
-    from rlhfkit.data import load_prompts, tokenize_prompts
+    from rlhfkit.data import load_prompts, prompt_fields, tokenize_prompts
     from rlhfkit.models import save_model
     from rlhfkit.reporting import MetricsLogger, progress
     from rlhfkit.rollout import GenerationSettings, make_experience
@@ -199,7 +199,7 @@ def train_rl(cfg: RLConfig) -> dict:
                                   top_k=cfg.top_k, n=n, stop_strings=tuple(cfg.stop_strings))
     kl_ctl = (A.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
               else A.FixedKLController(cfg.kl_coef))
-    penalty_ctl = A.AdaptiveKLController(cfg.penalty_coef, cfg.penalty_target, cfg.kl_horizon)
+    penalty_ctl = A.AdaptivePenaltyCoef(cfg.penalty_coef, cfg.penalty_target)
     moments = A.RunningMoments()
     baseline = A.MovingAverageBaseline(cfg.baseline_decay)
     ptx = _ptx_stream(cfg, models.tokenizer, device) if cfg.ptx_coef > 0 else None
@@ -240,9 +240,9 @@ def train_rl(cfg: RLConfig) -> dict:
             # 1-3. rollout: generate, policy / reference logprobs, values, scores
             for m in trained.values():
                 m.eval()
-            exp = make_experience(models.policy, models.tokenizer, [r["text"] for r in batch_rows], settings,
+            exp = make_experience(models.policy, models.tokenizer, [r["prompt_text"] for r in batch_rows], settings,
                                   reference=models.reference, critic=models.critic, scorer=models.scorer,
-                                  fields=_fields(batch_rows), ref_context=models.ref_context)
+                                  fields=prompt_fields(batch_rows), ref_context=models.ref_context)
             t_rollout = time.perf_counter() - t0
             metrics = rollout_metrics(exp, models.gold)
             prm_lp = None
@@ -285,8 +285,3 @@ def train_rl(cfg: RLConfig) -> dict:
         models.critic.save_pretrained(final / "critic")
     return {"output": str(out_dir), "final": str(final), **metrics}
 
-
-def _fields(rows: list) -> dict:
-    """Per-row extra fields (e.g. `answer`) as lists, for reward functions."""
-    keys = sorted({k for r in rows for k in r.get("fields", {})})
-    return {k: [r.get("fields", {}).get(k) for r in rows] for k in keys}

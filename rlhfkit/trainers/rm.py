@@ -77,7 +77,7 @@ class PairLoss:
         margin = batch["margin"] if self.use_margin else None
         pair_sum = pairwise_reward_loss(chosen, rejected, margin=margin) * n
         loss = pair_sum / normalizer
-        stats = {"loss": float(pair_sum) / normalizer,
+        stats = {"loss": float(pair_sum.detach()) / normalizer,
                  "accuracy": float((chosen > rejected).float().sum()) / normalizer}
         if self.lm_coef > 0:
             # Imitation term on the chosen responses (MOSS-RLHF): token-mean NLL within the micro-batch.
@@ -86,7 +86,7 @@ class PairLoss:
             mask = batch["chosen_loss_mask"][:, 1:].to(logprobs.dtype)
             nll = -(logprobs * mask).sum() / mask.sum().clamp(min=1.0)
             loss = loss + self.lm_coef * nll * (n / normalizer)
-            stats["lm_loss"] = float(nll) * n / normalizer
+            stats["lm_loss"] = float(nll.detach()) * n / normalizer
         return loss, stats
 
 

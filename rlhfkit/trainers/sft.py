@@ -73,7 +73,7 @@ def sft_token_loss(model, batch: dict, normalizer: float):
     logprobs = logprobs_from_logits(logits[:, :-1], batch["input_ids"][:, 1:])  # (B, T-1)
     mask = batch["loss_mask"][:, 1:].to(logprobs.dtype)
     nll_sum = -(logprobs * mask).sum()
-    return nll_sum / normalizer, {"loss": float(nll_sum) / normalizer, "tokens": float(mask.sum())}
+    return nll_sum / normalizer, {"loss": float(nll_sum.detach()) / normalizer, "tokens": float(mask.sum())}
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ def test_sft_learns_and_saves(tiny_dir, data_dir, tmp_path):
     from rlhfkit.models import load_causal_lm
     from rlhfkit.trainers.sft import train_sft
 
-    result = train_sft(sft_config(tiny_dir, data_dir, tmp_path / "sft"))
+    result = train_sft(sft_config(tiny_dir, data_dir, tmp_path / "sft", epochs=8))
     metrics = rows(tmp_path / "sft")
     assert metrics[-1]["train/loss"] < 0.7 * metrics[0]["train/loss"]
     assert "eval/ppl" in metrics[-1] and metrics[-1]["eval/ppl"] > 1.0
