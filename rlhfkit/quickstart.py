@@ -27,7 +27,7 @@ PRESETS = {
         "rl": dict(steps=40, prompts_per_step=16, max_new_tokens=24, lr=3e-4, kl_coef=0.05, max_prompt_length=16,
                    ppo_epochs=2, minibatch_size=16),
         "fast_rl": dict(steps=3, prompts_per_step=4, minibatch_size=4),
-        "eval": dict(max_new_tokens=24),
+        "eval": dict(max_new_tokens=24), "fast_eval": dict(),
     },
     "arithmetic": {
         "algo": "grpo", "model": dict(hidden_size=64, num_layers=2, num_heads=4),
@@ -36,7 +36,7 @@ PRESETS = {
         "rm": None, "fast_rm": None,
         "rl": dict(steps=40, prompts_per_step=8, n=8, max_new_tokens=6, lr=3e-4, kl_coef=0.01, max_prompt_length=16),
         "fast_rl": dict(steps=3, prompts_per_step=2, n=4),
-        "eval": dict(max_new_tokens=6),
+        "eval": dict(max_new_tokens=6), "fast_eval": dict(),
     },
 }
 

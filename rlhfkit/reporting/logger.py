@@ -14,13 +14,14 @@ import logging
 import math
 import operator
 import os
-import sys
+import secrets
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.reporting.metrics import METRICS, _unknown_message
+from rlhfkit.reporting.metrics import INFO_EVENTS, METRICS, _unknown_message
+from rlhfkit.reporting.terminal import Progress, progress  # noqa: F401  (the brief's home for it)
 
 BACKENDS = ("jsonl", "tensorboard", "wandb")
 _log = logging.getLogger("rlhfkit.reporting")
@@ -38,7 +39,9 @@ class MetricsLogger:
         int k keeps the lines with step <= k and drops the rest, so a run resumed from the
         checkpoint of step k never repeats a step. The rewrite is atomic (temp file + rename).
     strict: raise on a name that is not in METRICS (use it in tests); otherwise warn once per name.
-    wandb_project: W&B project (default: $WANDB_PROJECT, else "rlhfkit").
+    wandb_project: W&B project (default: $WANDB_PROJECT, else "rlhfkit"). The W&B run id is kept in
+        out_dir/wandb_run_id.txt so a resumed run continues the same W&B run; W&B itself ignores
+        steps it has already received (TensorBoard hides them via purge_step).
     """
 
     def __init__(self, out_dir, backends=("jsonl",), run_name: str | None = None, config: Any = None,
@@ -98,8 +101,9 @@ class MetricsLogger:
         return row
 
     def event(self, step: int, name: str, message: str, **data) -> dict:
-        """Append a health event `{"step", "event": name, "message", **data}` and warn on the logger
-        "rlhfkit.reporting". `data` must be JSON-serializable (numbers, strings, lists, dicts)."""
+        """Append an event `{"step", "event": name, "message", **data}` and echo it on the Python
+        logger "rlhfkit.reporting" (WARNING, or INFO for names in INFO_EVENTS such as "start").
+        `data` values: numbers, strings, lists, dicts (non-finite numbers become null)."""
         self._check_open()
         if not isinstance(name, str) or not name:
             raise ValueError(f"event name must be a non-empty string, got {name!r}")
@@ -110,7 +114,8 @@ class MetricsLogger:
         for key, value in data.items():
             record[key] = _json_safe(value)
         self._write(record)
-        _log.warning("step %d: %s: %s", record["step"], name, record["message"])
+        level = logging.INFO if name in INFO_EVENTS else logging.WARNING
+        _log.log(level, "step %d: %s: %s", record["step"], name, record["message"])
         if self._tb is not None:
             self._tb.add_text(f"events/{name}", record["message"], record["step"])
             self._tb.flush()
@@ -315,97 +320,7 @@ def _open_wandb(out_dir: Path, run_name: str, config: dict | None, project: str 
                           f"({err})") from None
     # The run id is kept in the output folder so that a resumed run continues the same W&B run.
     id_file = out_dir / "wandb_run_id.txt"
-    run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(6)
     id_file.write_text(run_id + "\n")
     return wandb.init(project=project or os.environ.get("WANDB_PROJECT", "rlhfkit"), name=run_name,
                       id=run_id, resume="allow", config=config, dir=str(out_dir))
-
-
-# -- terminal progress bar -------------------------------------------------------------------
-
-# Names shown in the progress bar when `keys` is not given, with their short labels.
-PROGRESS_KEYS: dict[str, str] = {
-    "reward/score_mean": "score",
-    "reward/gold_mean": "gold",
-    "kl/mean": "kl",
-    "kl/coef": "kl_coef",
-    "policy/entropy": "ent",
-    "train/loss": "loss",
-    "eval/loss": "eval_loss",
-    "train/accuracy": "acc",
-    "eval/accuracy": "eval_acc",
-}
-
-
-class Progress:
-    """A tqdm bar whose postfix shows key numbers; silent when quiet (see `progress`)."""
-
-    def __init__(self, total: int | None, desc: str, keys=None, quiet: bool | None = None, file=None):
-        from tqdm import tqdm
-
-        stream = file if file is not None else sys.stderr
-        if quiet is None:
-            quiet = os.environ.get("RLHFKIT_QUIET", "") not in ("", "0") or not _isatty(stream)
-        self.quiet = quiet
-        self.keys = None if keys is None else {k: k.rsplit("/", 1)[-1] for k in keys}
-        self._postfix: dict[str, str] = {}
-        self._bar = tqdm(total=total, desc=desc, disable=quiet, file=stream, dynamic_ncols=True, leave=True)
-
-    def update(self, n: int = 1, **numbers) -> None:
-        """Advance by n; `numbers` (metric names or short labels -> value) update the postfix.
-
-        With the default keys, names in PROGRESS_KEYS and un-namespaced names (e.g. reward=0.3)
-        are shown; pass a whole metrics row freely, other names are ignored.
-        """
-        for name, value in numbers.items():
-            label = self._label(name)
-            if label is not None and value is not None:
-                self._postfix[label] = _short(value)
-        if self._postfix:
-            self._bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in self._postfix.items()), refresh=False)
-        self._bar.update(n)
-
-    def write(self, message: str) -> None:
-        """Print a line above the bar without breaking it (nothing when quiet)."""
-        if not self.quiet:
-            self._bar.write(message, file=self._bar.fp)
-
-    def close(self) -> None:
-        self._bar.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def _label(self, name: str) -> str | None:
-        if self.keys is not None:
-            return self.keys.get(name, name if name in self.keys.values() else None)
-        if name in PROGRESS_KEYS:
-            return PROGRESS_KEYS[name]
-        return None if "/" in name or name == "step" else name
-
-
-def progress(total: int | None, desc: str, keys=None, quiet: bool | None = None, file=None) -> Progress:
-    """A progress bar for one stage: `with progress(n, "rl") as bar: bar.update(1, **row)`.
-
-    keys: metric names to show (default PROGRESS_KEYS). quiet: None = quiet when the output is
-    not a terminal or RLHFKIT_QUIET is set to anything but "" / "0". file: stream (default stderr).
-    """
-    return Progress(total, desc, keys=keys, quiet=quiet, file=file)
-
-
-def _isatty(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def _short(value) -> str:
-    if hasattr(value, "item") and not isinstance(value, (int, float)):
-        value = value.item()
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

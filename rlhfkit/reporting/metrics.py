@@ -3,7 +3,7 @@
 A row of `metrics.jsonl` is `{"step": int, "<namespace>/<name>": number | null, ...}`; a health
 event is `{"step": int, "event": name, "message": str, ...extra}`. Trainers log only names that
 are keys of `METRICS`; `undefined_metrics` lets tests check that. `docs/metrics.md` is the same
-table, produced by `python -m rlhfkit.reporting.metrics`.
+table, produced by `metrics_markdown()`.
 """
 
 from __future__ import annotations
@@ -103,6 +103,25 @@ METRICS: dict[str, MetricDef] = _defs(
     ("policy/ratio_mean",
      "Mean probability ratio pi/pi_old over response tokens during the update.",
      "1", "Stays close to 1; far from 1 means the data is stale relative to the policy."),
+    ("policy/ratio_max",
+     "Largest probability ratio pi/pi_old over the minibatch's response tokens.",
+     "1", "Very large values point to tokens whose probability exploded; the clip bounds their effect."),
+    ("policy/dual_clipfrac",
+     "Fraction of response tokens where the dual clip (a bound on the loss for negative advantages, "
+     "Ye et al. 2020) took effect.",
+     "fraction", "Should be rare; frequent dual clipping means the policy moved far on bad tokens."),
+    ("policy/kl",
+     "ppo-penalty: token-mean estimate of KL(pi_old || pi), (r - 1) - log r, inside the penalty loss; "
+     "it drives policy/penalty_coef.",
+     "nats/token", "Should hover near the penalty's KL target."),
+    ("policy/pg_loss",
+     "ppo-penalty: token-mean surrogate -A * r, the loss without the KL penalty.",
+     "1", "Like loss/policy, not a progress measure."),
+    ("policy/penalty_coef",
+     "ppo-penalty: adaptive coefficient of the KL(pi_old || pi) penalty in the loss (Schulman et al. "
+     "2017, section 4).",
+     "1", "Rises when policy/kl overshoots its target, falls when it undershoots; oscillating wildly "
+     "means the target is hard to meet."),
     # -- losses ------------------------------------------------------------------------------
     ("loss/policy",
      "Policy-gradient loss (clipped surrogate for PPO) after loss aggregation, mean over minibatches.",
@@ -135,6 +154,8 @@ METRICS: dict[str, MetricDef] = _defs(
      "fraction", "High values mean the critic is held back by the clip range."),
     ("value/mean", "Mean predicted value over response tokens.", "reward",
      "Should follow returns/mean."),
+    ("value/mse", "Unclipped mean squared error (values - returns)^2 over response tokens.", "reward^2",
+     "Tracks loss/value; a gap between the two means value clipping is active."),
     ("advantages/mean",
      "Mean advantage over response tokens, after the estimator and any whitening.",
      "reward", "About 0 with whitening or group baselines; a persistent offset means a biased baseline."),
@@ -161,6 +182,9 @@ METRICS: dict[str, MetricDef] = _defs(
      "Global L2 norm of the gradient before clipping (policy; last accumulation step of the step).",
      "1", "Spikes often precede divergence; a norm always at the clip value means clipping does the steering.",
      _ALL),
+    ("grad/critic_norm",
+     "Global L2 norm of the critic's gradient before clipping.",
+     "1", "Spikes usually come from returns the critic has never seen (e.g. a jump in the scores)."),
     ("lr", "Learning rate of the (policy) optimizer after the scheduler.", "1",
      "Follows the schedule; check warmup and decay did what the config says.", _ALL),
     # -- time ---------------------------------------------------------------------------------
@@ -179,6 +203,9 @@ METRICS: dict[str, MetricDef] = _defs(
     ("prime/prm_loss",
      "PRIME: cross-entropy of the implicit process reward model against the outcome labels.",
      "nats", "Should fall; if it rises the dense token rewards are getting noisier."),
+    ("prime/reward_mean",
+     "PRIME: mean implicit sequence reward beta * sum_t (log pi_prm - log pi_ref) over the batch.",
+     "nats", "Should separate correct from incorrect responses; drifting far from 0 inflates the dense rewards."),
     ("prime/prm_accuracy",
      "PRIME: fraction of responses where the implicit PRM's sequence reward agrees in sign with the "
      "outcome label.",
@@ -198,8 +225,12 @@ METRICS: dict[str, MetricDef] = _defs(
      "nats", "The number to trust; stop or regularize when it turns upward.", ("sft", "rm")),
     ("eval/ppl", "SFT: exp(eval/loss), the held-out perplexity on response tokens.", "1",
      "Lower is better; compare runs on the same data only.", ("sft",)),
-    ("train/tokens", "SFT: cumulative number of response tokens trained on.", "tokens",
-     "Throughput and data position; grows linearly.", ("sft",)),
+    ("train/tokens", "SFT: number of response (loss) tokens in this step's batch.", "tokens",
+     "Steady unless sequence lengths vary a lot; the effective batch size of the loss.", ("sft",)),
+    ("train/lm_loss",
+     "RM: token-mean cross-entropy of the LM (imitation) term on the chosen responses, before its "
+     "coefficient (MOSS-RLHF reward model).",
+     "nats", "Should stay near the SFT model's loss; only present when the LM term is on.", ("rm",)),
     ("train/accuracy",
      "RM: fraction of training pairs in the batch with r_chosen > r_rejected.",
      "fraction", "Well above eval/accuracy means the reward model memorizes pairs.", ("rm",)),
@@ -223,6 +254,9 @@ METRICS: dict[str, MetricDef] = _defs(
      "Number of examples cut to the maximum length when the data was loaded.",
      "count", "Large counts mean max length is too small for the data; truncated responses lose their end.",
      _ALL),
+    ("data/kept",
+     "Number of examples kept when the data was loaded.",
+     "count", "Check it is the size of the data you meant to train on.", _ALL),
     ("data/dropped",
      "Number of examples skipped when the data was loaded (e.g. empty response, prompt longer than the "
      "maximum length).",
@@ -230,8 +264,11 @@ METRICS: dict[str, MetricDef] = _defs(
 )
 
 # Health events: `{"step", "event": name, "message", ...}` records in the same metrics.jsonl.
-# Trainers may emit other names; these are the ones the report and docs explain.
+# Trainers may emit other names; these are the ones the report and docs explain. Names in
+# INFO_EVENTS record what happened (not a warning): the logger echoes them at INFO level, the
+# report lists them apart and the plots do not mark them.
 EVENTS: dict[str, str] = {
+    "start": "The run started (or restarted) at this step; the message says what it runs on.",
     "nonfinite": "A loss or gradient was NaN or infinite; the message names the quantity. The step "
                  "was skipped or the run stopped, as configured.",
     "kl_high": "kl/mean exceeded the warning threshold: the policy is moving far from the reference.",
@@ -242,7 +279,9 @@ EVENTS: dict[str, str] = {
     "groups_all_dropped": "Every prompt group had equal scores, so the step had no learning signal.",
     "resumed": "The run resumed from a checkpoint at this step.",
     "interrupted": "The run was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint at this step.",
+    "done": "The run finished.",
 }
+INFO_EVENTS = frozenset({"start", "resumed", "interrupted", "done"})
 
 # Per-policy numbers in summary.json["eval"][policy] (written by the quickstart / `rlhfkit eval`).
 # name -> (definition, unit, higher_is_better: True / False / None when neither is better).
@@ -303,7 +342,3 @@ def metrics_markdown() -> str:
         better_text = {True: "yes", False: "no", None: "neither"}[better]
         lines.append(f"| `{name}` | {unit} | {better_text} | {cell(definition)} |")
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    print(metrics_markdown(), end="")

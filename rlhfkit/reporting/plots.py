@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.reporting.logger import series
+from rlhfkit.reporting.metrics import INFO_EVENTS
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class PlotGroup:
 
 PLOT_GROUPS: tuple[PlotGroup, ...] = (
     # -- RL -----------------------------------------------------------------------------------
-    PlotGroup("score", "Reward: learned score and gold reward", ("reward/score_mean",), "score",
+    PlotGroup("score", "Reward: score and gold reward", ("reward/score_mean",), "score",
               "The score is what RL maximizes (reward model or reward function); the shaded band is "
               "+-1 standard deviation over the batch. The gold reward (right axis, bundled tasks only) "
               "is the task's true preference, never shown to training. Both should rise together; a "
@@ -47,7 +48,7 @@ PLOT_GROUPS: tuple[PlotGroup, ...] = (
               "the SFT model. A steady climb means the policy is drifting, usually toward text the "
               "reward model over-rates. The KL coefficient (right axis) is the price paid per nat; the "
               "adaptive controller raises it when KL is above its target.",
-              right=("kl/coef",), ylabel_right="KL coefficient"),
+              right=("kl/coef", "policy/penalty_coef"), ylabel_right="KL coefficient"),
     PlotGroup("entropy", "Policy entropy", ("policy/entropy",), "nats per token",
               "How spread out the policy's next-token choices are. It falls slowly as the policy grows "
               "confident; a fast drop toward 0 (entropy collapse) means the policy has stopped "
@@ -104,9 +105,11 @@ def render_plots(rows: list[dict], out_dir, events: list[dict] | None = None, pr
                  groups: tuple[PlotGroup, ...] = PLOT_GROUPS) -> list[Plot]:
     """Draw every group with at least one logged metric -> [Plot(group, png_path)], in group order.
 
-    rows / events: as returned by `read_metrics`. Events are drawn as vertical lines at their step,
-    one colour and legend entry per event name. Files are `out_dir/{prefix}{group.key}.png`.
+    rows / events: as returned by `read_metrics`. Health events are drawn as vertical lines at their
+    step, one colour and legend entry per event name; informational ones (INFO_EVENTS, e.g.
+    "start") are not drawn. Files are `out_dir/{prefix}{group.key}.png`.
     """
+    events = [e for e in events or [] if e.get("event") not in INFO_EVENTS]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = []
@@ -115,7 +118,7 @@ def render_plots(rows: list[dict], out_dir, events: list[dict] | None = None, pr
         if not any(series(rows, name)[0] for name in names):
             continue
         path = out_dir / f"{prefix}{group.key}.png"
-        _draw(group, rows, events or [], path)
+        _draw(group, rows, events, path)
         plots.append(Plot(group, path))
     return plots
 
@@ -133,13 +136,18 @@ _EVENT_COLORS = ("#7f7f7f", "#bcbd22", "#e377c2", "#8c564b")
 def _draw(group: PlotGroup, rows: list[dict], events: list[dict], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(7.0, 3.6), dpi=110)
+    right_present = [n for n in group.right if series(rows, n)[0]]
+    n_entries = sum(1 for n in group.left if series(rows, n)[0]) + len(right_present)
+    n_entries += len({str(e.get("event")) for e in events if isinstance(e.get("step"), (int, float))})
+    legend_rows = -(-n_entries // 3)
+    height = 3.2 + 0.2 * legend_rows  # the legend sits under the plot, where it hides no curve
+    fig = Figure(figsize=(7.0, height), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     handles = _lines(ax, group.left, rows, _LEFT_COLORS, dict(group.band))
     ax.set_ylabel(group.ylabel)
-    right_present = [n for n in group.right if series(rows, n)[0]]
     if right_present:
         ax2 = ax.twinx()
         handles += _lines(ax2, tuple(right_present), rows, _RIGHT_COLORS, {}, style="--")
@@ -148,10 +156,17 @@ def _draw(group: PlotGroup, rows: list[dict], events: list[dict], path: Path) ->
     handles += _event_lines(ax, events)
     ax.set_title(group.title)
     ax.set_xlabel("step")
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # one logged step: widen so the integer ticks do not fall back to fractions
+        ax.set_xlim((lo + hi) / 2 - 1, (lo + hi) / 2 + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
+    # Fixed margins instead of tight_layout, which draws the figure a second time.
+    bottom = (0.55 + 0.2 * legend_rows) / height
+    fig.subplots_adjust(left=0.13, right=0.87 if right_present else 0.97, bottom=bottom, top=1 - 0.35 / height)
     if handles:
-        ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.8)
-    fig.tight_layout()
+        fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=min(3, len(handles)), frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
     fig.savefig(path, format="png")
 
 
@@ -162,18 +177,32 @@ def _lines(ax, names, rows, colors, band: dict, style: str = "-") -> list:
         if not steps:
             continue
         color = colors[i % len(colors)]
-        marker = "o" if len(steps) <= 25 else None  # sparse series (eval every N steps) need dots
-        (line,) = ax.plot(steps, values, style, color=color, marker=marker, markersize=3, linewidth=1.5,
-                          label=name)
-        handles.append(line)
         if name in band:
             std = dict(zip(*series(rows, band[name])))
             pts = [(s, v, std[s]) for s, v in zip(steps, values) if s in std]
             if pts:
-                xs = [p[0] for p in pts]
-                ax.fill_between(xs, [p[1] - p[2] for p in pts], [p[1] + p[2] for p in pts],
-                                color=color, alpha=0.15, linewidth=0)
+                ax.fill_between([p[0] for p in pts], [p[1] - p[2] for p in pts], [p[1] + p[2] for p in pts],
+                                color=color, alpha=0.12, linewidth=0)
+        if len(steps) > 40:
+            # Noisy RL curves: raw values faint, an exponential moving average on top.
+            ax.plot(steps, values, style, color=color, linewidth=0.8, alpha=0.3)
+            (line,) = ax.plot(steps, _ema(values, 0.9), style, color=color, linewidth=1.6,
+                              label=f"{name} (smoothed)")
+        else:
+            marker = "o" if len(steps) <= 25 else None  # sparse series (eval every N steps) need dots
+            (line,) = ax.plot(steps, values, style, color=color, marker=marker, markersize=3, linewidth=1.5,
+                              label=name)
+        handles.append(line)
     return handles
+
+
+def _ema(values: list[float], weight: float) -> list[float]:
+    """Debiased exponential moving average (as TensorBoard's smoothing slider)."""
+    out, avg = [], 0.0
+    for i, value in enumerate(values, start=1):
+        avg = weight * avg + (1 - weight) * value
+        out.append(avg / (1 - weight ** i))
+    return out
 
 
 def _event_lines(ax, events: list[dict]) -> list:

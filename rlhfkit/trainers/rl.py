@@ -160,7 +160,8 @@ def update_prm(cfg, models, opt, exp, step: int) -> tuple[torch.Tensor, dict]:
     with torch.no_grad():
         fresh = response_logprobs(models.prm, exp.input_ids, exp.attention_mask, exp.position_ids, R,
                                   temperature=cfg.temperature)
-    return fresh, {"prime/prm_loss": float(loss), **{f"prime/{k}": float(v) for k, v in stats.items()}}
+    return fresh, {"prime/prm_loss": float(loss), "prime/prm_accuracy": float(stats["accuracy"]),
+                   "prime/reward_mean": float(stats["reward_mean"])}
 
 
 def _ptx_stream(cfg, tokenizer, device):

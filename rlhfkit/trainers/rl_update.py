@@ -97,7 +97,7 @@ def value_loss_micro(cfg, critic, mb: UpdateBatch, normalizer: float):
     values = critic.values(mb.input_ids, mb.attention_mask, mb.position_ids)[:, -mb.response_length - 1:-1]  # (n, R)
     loss, stats = value_loss(values, mb.old_values, mb.returns, mb.loss_mask, clip_range=cfg.value_clip,
                              agg="token-mean", normalizer=normalizer)
-    return loss, {"loss/value": float(loss)}, {f"value/{k}": float(v) for k, v in stats.items() if k != "loss"}
+    return loss, {"loss/value": float(loss)}, {f"value/{k}": float(v) for k, v in stats.items() if k not in ("loss", "returns_mean")}
 
 
 def _kl_in_loss(cfg, spec) -> bool:
