@@ -199,9 +199,11 @@ def generate_sentences(rng: random.Random, subject: str, mood: str) -> list[list
     for _ in range(n):
         sign = _sign(rng, mood)
         form = rng.choices(("single", "pair", "verdict"), weights=(0.45, 0.35, 0.2))[0]
-        if form == "verdict" and verdicts:
-            kind = verdicts.pop(rng.randrange(len(verdicts)))
-            if kind == "recommend" and sign != 0:
+        allowed = [v for v in verdicts if sign != 0 or v == "overall"]   # no neutral recommend
+        if form == "verdict" and allowed:
+            kind = rng.choice(allowed)
+            verdicts.remove(kind)
+            if kind == "recommend":
                 mod = rng.choice(["highly", None, None]) if sign > 0 else "not"
                 out.append(["i", "would"] + ([mod] if mod else []) + ["recommend", "this", subject])
             else:
