@@ -125,7 +125,9 @@ def shape_rewards(cfg, spec, exp, kl_coef: float, moments, baseline, prm_logprob
     metrics.update({"advantages/mean": float(A.masked_mean(advantages, loss_mask)),
                     "returns/mean": float(A.masked_mean(returns, mask))})
     if exp.values is not None:
-        metrics["value/explained_variance"] = float(A.explained_variance(exp.values, returns, mask))
+        ev = float(A.explained_variance(exp.values, returns, mask))
+        if ev == ev:  # undefined (NaN) when every return is equal: nothing to explain, nothing logged
+            metrics["value/explained_variance"] = ev
     batch = UpdateBatch(input_ids=exp.input_ids, attention_mask=exp.attention_mask, position_ids=exp.position_ids,
                         loss_mask=loss_mask, old_logprobs=exp.logprobs, ref_logprobs=ref, advantages=advantages,
                         returns=returns, old_values=exp.values)
@@ -160,7 +162,7 @@ def update_prm(cfg, models, opt, exp, step: int) -> tuple[torch.Tensor, dict]:
     with torch.no_grad():
         fresh = response_logprobs(models.prm, exp.input_ids, exp.attention_mask, exp.position_ids, R,
                                   temperature=cfg.temperature)
-    return fresh, {"prime/prm_loss": float(loss), "prime/prm_accuracy": float(stats["accuracy"]),
+    return fresh, {"prime/prm_loss": float(loss.detach()), "prime/prm_accuracy": float(stats["accuracy"]),
                    "prime/reward_mean": float(stats["reward_mean"])}
 
 

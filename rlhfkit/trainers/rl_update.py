@@ -76,16 +76,17 @@ def policy_loss_micro(cfg, spec, policy, mb: UpdateBatch, normalizer: float, kl_
         loss, stats = ppo_policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, clip_eps=cfg.clip_eps,
                                       clip_eps_high=cfg.clip_eps_high, dual_clip=cfg.dual_clip, **common)
     means = {f"policy/{k}": float(v) for k, v in stats.items()}
+    means.setdefault("policy/approx_kl", means.get("policy/kl", 0.0))  # the penalty loss calls it kl
     means["policy/entropy"] = float(masked_mean(entropy.detach(), mb.loss_mask))
-    sums = {"loss/policy": float(loss)}
+    sums = {"loss/policy": float(loss.detach())}
     if cfg.entropy_coef:
         ent, _ = entropy_loss(entropy, mb.loss_mask, **common)
         loss = loss - cfg.entropy_coef * ent
-        sums["loss/entropy"] = float(ent)
+        sums["loss/entropy"] = float(ent.detach())
     if kl_coef > 0 and mb.ref_logprobs is not None and _kl_in_loss(cfg, spec):
         kl, _ = kl_loss(logprobs, mb.ref_logprobs, mb.loss_mask, estimator=_kl_estimator(cfg, spec), **common)
         loss = loss + kl_coef * kl
-        sums["loss/kl"] = float(kl)
+        sums["loss/kl"] = float(kl.detach())
     return loss, sums, means
 
 
@@ -97,7 +98,7 @@ def value_loss_micro(cfg, critic, mb: UpdateBatch, normalizer: float):
     values = critic.values(mb.input_ids, mb.attention_mask, mb.position_ids)[:, -mb.response_length - 1:-1]  # (n, R)
     loss, stats = value_loss(values, mb.old_values, mb.returns, mb.loss_mask, clip_range=cfg.value_clip,
                              agg="token-mean", normalizer=normalizer)
-    return loss, {"loss/value": float(loss)}, {f"value/{k}": float(v) for k, v in stats.items() if k not in ("loss", "returns_mean")}
+    return loss, {"loss/value": float(loss.detach())}, {f"value/{k}": float(v) for k, v in stats.items() if k not in ("loss", "returns_mean")}
 
 
 def _kl_in_loss(cfg, spec) -> bool:
