@@ -78,3 +78,23 @@ def test_no_critic_no_reference_when_not_needed(tiny_dir, data_dir, tmp_path):
     ppo = build_models(rl_config(tiny_dir, data_dir, tmp_path, algo="ppo"), get_algorithm("ppo"), "cpu")
     assert ppo.critic is not None and ppo.reference is not None
     assert not any(p.requires_grad for p in ppo.reference.parameters())
+
+
+@pytest.mark.parametrize("algo,agg", [("ppo", "token-mean"), ("grpo", "seq-mean-token-mean"),
+                                      ("grpo", "seq-mean-token-sum-norm")])
+def test_micro_batches_give_the_whole_batch_update(algo, agg, tiny_dir, data_dir, tmp_path):
+    from rlhfkit.models import load_causal_lm, load_scalar_model
+    from rlhfkit.trainers.rl import train_rl
+
+    kw = dict(algo=algo, loss_agg=agg, steps=1, prompts_per_step=2, max_grad_norm=0.0, entropy_coef=0.01)
+    whole = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "whole", **kw))
+    micro = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "micro", micro_batch_size=1 if algo == "ppo" else 2,
+                               **kw))
+    start = final_params(tiny_dir)
+    a, b = final_params(whole["final"]), final_params(micro["final"])
+    assert not torch.allclose(a, start)
+    assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+    if algo == "ppo":
+        ca = torch.cat([p.flatten() for p in load_scalar_model(tmp_path / "whole" / "final" / "critic").parameters()])
+        cb = torch.cat([p.flatten() for p in load_scalar_model(tmp_path / "micro" / "final" / "critic").parameters()])
+        assert torch.allclose(ca, cb, atol=1e-6)
