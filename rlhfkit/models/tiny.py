@@ -93,6 +93,23 @@ def build_tiny_model(tokenizer, seed: int = 0, **config_kwargs):
     return model
 
 
+def build_tiny_classifier(tokenizer, seed: int = 0, num_labels: int = 1, **config_kwargs):
+    """A randomly initialized `LlamaForSequenceClassification` (num_labels=1: a reward model / critic).
+
+    config_kwargs go to `tiny_llama_config`, as for `build_tiny_model`.
+    """
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    config = tiny_llama_config(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, **config_kwargs)
+    config.num_labels = num_labels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForSequenceClassification(config)
+
+
 def save_tiny(out_dir, corpus: Iterable[str], level: str = "word", seed: int = 0, **config_kwargs) -> str:
     """Build a tiny tokenizer + model and save both to `out_dir` in HF format; returns the path."""
     tokenizer = build_tiny_tokenizer(corpus, level=level)

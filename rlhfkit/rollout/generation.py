@@ -1,0 +1,226 @@
+"""Batched sampling with HF `generate` (KV cache), returning padded ids and explicit masks.
+
+Prompts are left-padded so every row's response starts in the same column; responses are
+right-padded. A response keeps every token up to and including its first EOS (or the token
+that completes a stop string) and nothing after, found from the ids themselves: never by
+comparing with `pad_token_id`, which may equal EOS.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GenerationSettings:
+    """How responses are sampled."""
+
+    max_new_tokens: int
+    """Most tokens per response; a response cut here has eos=False."""
+    temperature: float = 1.0
+    """Logits are divided by it before sampling (and before computing logprobs)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Sample among the k most likely tokens (0 = off)."""
+    n: int = 1
+    """Samples per prompt, laid out in consecutive groups: rows i*n .. i*n+n-1 share prompt i."""
+    stop_strings: tuple[str, ...] = ()
+    """A response also ends after the token that completes one of these strings."""
+    do_sample: bool = True
+    """False: greedy decoding (temperature, top_p and top_k are then ignored by sampling)."""
+
+    def __post_init__(self):
+        if isinstance(self.stop_strings, str):
+            self.stop_strings = (self.stop_strings,)
+        self.stop_strings = tuple(self.stop_strings)
+        checks = [
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.temperature > 0, "temperature must be > 0 (use do_sample=False for greedy decoding)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 turns it off)"),
+            (self.n >= 1, "n (samples per prompt) must be >= 1"),
+            (all(isinstance(s, str) and s for s in self.stop_strings), "stop_strings must be non-empty strings"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"GenerationSettings: {message}; got {self}")
+
+
+@dataclass
+class GenerationResult:
+    """Sampled responses for B prompts x n samples (N = B * n rows)."""
+
+    prompt_ids: torch.Tensor  # (N, P) int64, left-padded
+    prompt_mask: torch.Tensor  # (N, P) int64, 1 on prompt tokens
+    response_ids: torch.Tensor  # (N, R) int64, right-padded with pad_token_id
+    response_mask: torch.Tensor  # (N, R) float32, 1 up to and including the EOS / stop token
+    eos: torch.Tensor  # (N,) bool, ended on its own (EOS token or stop string), False if cut at max_new_tokens
+    stopped: torch.Tensor  # (N,) bool, ended by a stop string (a subset of eos)
+    prompts: list[str]  # N prompt texts (each repeated n times)
+    responses: list[str]  # N response texts, without padding and EOS; ends with its stop string if stopped
+
+
+@contextmanager
+def eval_mode(*models):
+    """Eval mode (no dropout) for the duration, then each model's previous mode back."""
+    models = [m for m in models if m is not None]
+    modes = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+
+
+@contextmanager
+def _plain_generation_config(model):
+    """Hide the model's saved generation config while generating.
+
+    transformers fills every unset option from `model.generation_config` (a checkpoint may ship
+    repetition_penalty, top_k=50, min_length, ...); any such processor would sample from a
+    distribution other than softmax(logits / T), and the logprobs would no longer match.
+    """
+    from transformers import GenerationConfig
+
+    from rlhfkit.models.lora import unwrap_peft
+
+    base, _ = unwrap_peft(model)
+    saved = base.generation_config
+    base.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus any EOS ids in the model's generation config (e.g. Llama 3's <|eot_id|>)."""
+    from rlhfkit.models.lora import unwrap_peft
+
+    ids = [tokenizer.eos_token_id]
+    config_eos = getattr(unwrap_peft(model)[0].generation_config, "eos_token_id", None)
+    ids += config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]
+    ids = sorted({int(i) for i in ids if i is not None})
+    if not ids:
+        raise ValueError("the tokenizer has no eos_token and the model's generation config no eos_token_id")
+    return ids
+
+
+def _stop_string_criteria(tokenizer, stop_strings, prompt_length: int, n_rows: int):
+    """A stopping criterion that also records, per row, how many tokens completed a stop string.
+
+    Each step decodes only the last few generated tokens of each row (a window longer than any
+    stop string), so the cost per step does not grow with the response.
+    """
+    from transformers import StoppingCriteria
+
+    window = max(len(s) for s in stop_strings) + 4
+
+    class StopStrings(StoppingCriteria):
+        def __init__(self):
+            self.stop_length = torch.full((n_rows,), -1, dtype=torch.long)  # -1: not stopped
+
+        def __call__(self, input_ids, scores, **kwargs):
+            generated = input_ids.shape[1] - prompt_length
+            tails = tokenizer.batch_decode(input_ids[:, -min(window, generated):], skip_special_tokens=True)
+            for row, text in enumerate(tails):
+                if self.stop_length[row] < 0 and any(s in text for s in stop_strings):
+                    self.stop_length[row] = generated
+            return (self.stop_length >= 0).to(input_ids.device)
+
+    return StopStrings()
+
+
+def _truncate_at_stop(text: str, stop_strings) -> str:
+    ends = [text.find(s) + len(s) for s in stop_strings if s in text]
+    return text[:min(ends)] if ends else text
+
+
+def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B id lists -> left-padded ids (B, P) int64 and their mask (B, P) int64."""
+    width = max(len(ids) for ids in prompt_ids)
+    ids = torch.tensor([[pad_id] * (width - len(row)) + list(row) for row in prompt_ids], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in prompt_ids], dtype=torch.long)
+    return ids, mask
+
+
+def _encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens):
+    """Left-padded (B, P) ids and mask, from given ids or by tokenizing the texts."""
+    if prompt_ids is None:
+        if add_special_tokens is None:
+            # A chat template already writes BOS / role tokens into the text (same rule as rlhfkit.data).
+            add_special_tokens = getattr(tokenizer, "chat_template", None) is None
+        prompt_ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    elif len(prompt_ids) != len(prompts):
+        raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(prompts)} prompts; give one id list per prompt")
+    empty = [i for i, ids in enumerate(prompt_ids) if len(ids) == 0]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} ({prompts[empty[0]]!r}) has no tokens; every prompt needs at least one")
+    return left_pad(prompt_ids, tokenizer.pad_token_id)
+
+
+def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
+             add_special_tokens: bool | None = None, prompt_ids: list[list[int]] | None = None) -> GenerationResult:
+    """Sample `settings.n` responses per prompt with HF `generate` (KV cache on).
+
+    prompts: B texts (chat template already applied if any). prompt_ids: their token ids when
+    already tokenized (e.g. by rlhfkit.data.tokenize_prompts), else the texts are tokenized with
+    add_special_tokens (default: True unless the tokenizer has a chat template, which already
+    puts BOS / role tokens in the text).
+    Returns a `GenerationResult` of N = B * n rows. Sampling uses exactly softmax(logits / T)
+    restricted by top-k / top-p; the model's saved generation config is ignored.
+    """
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty list of strings")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; load it with rlhfkit.models.load_tokenizer "
+                         "(which reuses EOS as pad) or set tokenizer.pad_token")
+    device = next(model.parameters()).device
+    ids, mask = _encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens)
+    n = settings.n
+    prompt_ids = ids.repeat_interleave(n, dim=0).to(device)  # (N, P)
+    prompt_mask = mask.repeat_interleave(n, dim=0).to(device)  # (N, P)
+    n_rows, prompt_length = prompt_ids.shape
+    eos_ids = eos_token_ids(model, tokenizer)
+
+    sampling = dict(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k) \
+        if settings.do_sample else {}
+    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
+                              eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+    stop = _stop_string_criteria(tokenizer, settings.stop_strings, prompt_length, n_rows) \
+        if settings.stop_strings else None
+    with torch.no_grad(), eval_mode(model), _plain_generation_config(model):
+        out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                             stopping_criteria=StoppingCriteriaList([stop] if stop else []))
+    response_ids = out[:, prompt_length:]  # (N, R)
+    width = response_ids.shape[1]
+
+    # Length of each response: through the first EOS, or through the token completing a stop string.
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=device))  # (N, R)
+    has_eos = is_eos.any(dim=1)
+    eos_length = torch.where(has_eos, is_eos.long().argmax(dim=1) + 1, width)  # (N,)
+    stop_length = stop.stop_length.to(device) if stop else torch.full_like(eos_length, -1)
+    stopped = (stop_length > 0) & (~has_eos | (stop_length < eos_length))
+    length = torch.where(stopped, stop_length, eos_length)  # (N,)
+    eos = has_eos | stopped
+
+    width = max(int(length.max()), 1)
+    columns = torch.arange(width, device=device)
+    response_mask = (columns[None, :] < length[:, None]).float()  # (N, R)
+    response_ids = response_ids[:, :width].masked_fill(response_mask == 0, tokenizer.pad_token_id)
+
+    texts = tokenizer.batch_decode([row[:k].tolist() for row, k in zip(response_ids, length.tolist())],
+                                   skip_special_tokens=True)
+    texts = [_truncate_at_stop(t, settings.stop_strings) if s else t for t, s in zip(texts, stopped.tolist())]
+    return GenerationResult(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+        response_mask=response_mask, eos=eos, stopped=stopped,
+        prompts=[p for p in prompts for _ in range(n)], responses=texts)
