@@ -77,7 +77,7 @@ def evaluate_policy(policy, tokenizer, rows: list, settings, scorer=None, gold=N
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         exp = make_experience(policy, tokenizer, [r["prompt_text"] for r in chunk], settings, reference=reference,
-                              scorer=scorer, fields=prompt_fields(chunk))
+                              scorer=scorer, fields=prompt_fields(chunk), prompt_ids=[r["prompt_ids"] for r in chunk])
         mask = exp.response_mask
         lengths += mask.sum(-1).tolist()
         responses += list(exp.responses)

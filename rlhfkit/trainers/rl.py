@@ -245,7 +245,8 @@ def train_rl(cfg: RLConfig) -> dict:
                 m.eval()
             exp = make_experience(models.policy, models.tokenizer, [r["prompt_text"] for r in batch_rows], settings,
                                   reference=models.reference, critic=models.critic, scorer=models.scorer,
-                                  fields=prompt_fields(batch_rows), ref_context=models.ref_context)
+                                  fields=prompt_fields(batch_rows), ref_context=models.ref_context,
+                                  prompt_ids=[r["prompt_ids"] for r in batch_rows])
             t_rollout = time.perf_counter() - t0
             metrics = rollout_metrics(exp, models.gold)
             prm_lp = None
