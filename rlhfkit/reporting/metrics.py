@@ -73,7 +73,7 @@ METRICS: dict[str, MetricDef] = _defs(
      "are lagging the score distribution."),
     # -- KL to the reference model ---------------------------------------------------------------
     ("kl/mean",
-     "Per-sequence KL to the reference: the chosen KL estimator of logprobs vs ref_logprobs summed "
+     "Per-sequence KL to the reference: the k1 estimator (logprobs - ref_logprobs, unbiased) summed "
      "over response tokens, then averaged over the batch.",
      "nats", "Should grow slowly and stay bounded. A steady climb means the policy drifts away from "
      "the SFT model, usually toward text the reward model over-rates; raise the KL coefficient or "
@@ -225,6 +225,9 @@ METRICS: dict[str, MetricDef] = _defs(
      "nats", "The number to trust; stop or regularize when it turns upward.", ("sft", "rm")),
     ("eval/ppl", "SFT: exp(eval/loss), the held-out perplexity on response tokens.", "1",
      "Lower is better; compare runs on the same data only.", ("sft",)),
+    ("train/skipped_minibatches",
+     "RL: minibatches skipped this step because a loss or gradient was not finite (--on-nonfinite skip).",
+     "count", "Should be 0; anything else means the run is numerically unstable.", ("rl",)),
     ("train/tokens", "SFT: number of response (loss) tokens in this step's batch.", "tokens",
      "Steady unless sequence lengths vary a lot; the effective batch size of the loss.", ("sft",)),
     ("train/lm_loss",

@@ -21,7 +21,8 @@ class AlgorithmSpec:
         (beta*KL added to the policy loss, GRPO, Shao et al. 2024).
     policy_loss: "clip" (PPO clipped surrogate) or "penalty" (PPO with adaptive KL(old||new) penalty).
     n: default samples per prompt (group size); group estimators need n >= 2.
-    whiten: default for whitening advantages over the batch.
+    whiten: default for whitening advantages over the batch (the loop does it, after dropping groups;
+        the estimators themselves never whiten here).
     kl_estimator: default estimator ("k1" in the reward, "k3" in the loss).
     process_reward: keeps an implicit process reward model updated online (PRIME).
     """
@@ -46,8 +47,8 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
     AlgorithmSpec("rloo", "rloo", n=4, summary="REINFORCE leave-one-out: baseline = mean of the other samples"),
     AlgorithmSpec("grpo", "grpo", n=4, kl_placement="loss", kl_estimator="k3",
                   summary="group-normalized advantages, KL in the loss (DeepSeekMath)"),
-    AlgorithmSpec("reinforce++", "reinforce++", summary="return-to-go whitened over the batch, KL in reward"),
-    AlgorithmSpec("reinforce++-baseline", "reinforce++-baseline", n=4,
+    AlgorithmSpec("reinforce++", "reinforce++", whiten=True, summary="return-to-go whitened over the batch, KL in reward"),
+    AlgorithmSpec("reinforce++-baseline", "reinforce++-baseline", n=4, whiten=True,
                   summary="group-mean baseline, then batch whitening"),
     AlgorithmSpec("prime", "prime", n=4, process_reward=True,
                   summary="implicit process rewards from an online PRM + leave-one-out baselines (Cui et al. 2025)"),

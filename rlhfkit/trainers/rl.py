@@ -18,7 +18,7 @@ import torch
 from rlhfkit.config import ConfigError, save_config
 from rlhfkit.trainers.algorithms import get_algorithm
 from rlhfkit.trainers.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from rlhfkit.trainers.common import RunInterrupted, StopFlag, make_optimizer, make_scheduler, resolve_device, set_seed
+from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError, make_optimizer, make_scheduler, resolve_device, set_seed
 from rlhfkit.trainers.rl_config import RLConfig
 from rlhfkit.trainers.rl_update import UpdateBatch, _kl_estimator, _kl_in_loss, run_updates
 
@@ -112,7 +112,9 @@ def shape_rewards(cfg, spec, exp, kl_coef: float, moments, baseline, prm_logprob
         process = A.implicit_process_rewards(prm_logprobs, ref, mask, cfg.prime_beta)
     inputs = A.AdvantageInputs(token_rewards=token_rewards, mask=mask, values=exp.values, group_size=n,
                                gamma=cfg.gamma, lam=cfg.lam, normalize_std=cfg.grpo_std_normalize,
-                               baseline=baseline, process_rewards=process, outcome_scores=scores)
+                               baseline=baseline, process_rewards=process, whiten=False,
+                               # The outcome includes the KL penalty when the KL is in the reward.
+                               outcome_scores=token_rewards.sum(-1))
     advantages, returns = A.compute_advantages(spec.advantage, inputs)
     whiten = spec.whiten if cfg.whiten_advantages is None else cfg.whiten_advantages
     loss_mask = mask
@@ -120,9 +122,11 @@ def shape_rewards(cfg, spec, exp, kl_coef: float, moments, baseline, prm_logprob
         keep = A.nonuniform_groups(raw, n)  # (B,)
         loss_mask = mask * keep[:, None].to(mask.dtype)
         metrics["groups/dropped_fraction"] = 1.0 - float(keep.float().mean())
-    if whiten:
+    if whiten and loss_mask.sum() > 1:
         advantages = A.masked_whiten(advantages, loss_mask) * loss_mask
+    valid = loss_mask.sum() > 1
     metrics.update({"advantages/mean": float(A.masked_mean(advantages, loss_mask)),
+                    "advantages/std": float(A.masked_var(advantages, loss_mask).sqrt()) if valid else 0.0,
                     "returns/mean": float(A.masked_mean(returns, mask))})
     if exp.values is not None:
         ev = float(A.explained_variance(exp.values, returns, mask))
@@ -140,7 +144,8 @@ def rollout_metrics(exp, gold=None) -> dict:
     out = {"reward/score_mean": float(raw.mean()), "reward/score_std": float(raw.std()) if raw.numel() > 1 else 0.0,
            "reward/score_min": float(raw.min()), "reward/score_max": float(raw.max()),
            "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
-           "response/eos_fraction": float(exp.eos.float().mean())}
+           "response/eos_fraction": float(exp.eos.float().mean()),
+           "response/truncated_fraction": 1.0 - float(exp.eos.float().mean())}
     if gold is not None:
         out["reward/gold_mean"] = float(gold(exp).float().mean())
     return out
@@ -158,7 +163,7 @@ def update_prm(cfg, models, opt, exp, step: int) -> tuple[torch.Tensor, dict]:
                                temperature=cfg.temperature)
     loss, stats = prime_prm_loss(prm_lp, exp.ref_logprobs, exp.response_mask, labels, cfg.prime_beta)
     loss.backward()
-    optimizer_step(step, "prm", opt.prm_params, opt.prm, None, cfg.max_grad_norm, cfg.on_nonfinite)
+    optimizer_step(step, "prm", opt.prm_params, opt.prm, None, cfg.max_grad_norm)
     with torch.no_grad():
         fresh = response_logprobs(models.prm, exp.input_ids, exp.attention_mask, exp.position_ids, R,
                                   temperature=cfg.temperature)
@@ -208,6 +213,10 @@ def train_rl(cfg: RLConfig) -> dict:
     ptx = _ptx_stream(cfg, models.tokenizer, device) if cfg.ptx_coef > 0 else None
     trained = {"policy": models.policy, **({"critic": models.critic} if models.critic is not None else {}),
                **({"prm": models.prm} if models.prm is not None else {})}
+    # Dropout stays off for the whole run (eval mode also while training): the update's logprobs
+    # must equal the rollout's at the first pass, or the PPO ratio is noise before any step.
+    for m in trained.values():
+        m.eval()
     stateful = {"kl_ctl": kl_ctl, "penalty_ctl": penalty_ctl, "moments": moments, "baseline": baseline}
 
     step = 0
@@ -241,8 +250,6 @@ def train_rl(cfg: RLConfig) -> dict:
             t0 = time.perf_counter()
             batch_rows = prompt_batch(rows, step, cfg.prompts_per_step, cfg.seed)
             # 1-3. rollout: generate, policy / reference logprobs, values, scores
-            for m in trained.values():
-                m.eval()
             exp = make_experience(models.policy, models.tokenizer, [r["prompt_text"] for r in batch_rows], settings,
                                   reference=models.reference, critic=models.critic, scorer=models.scorer,
                                   fields=prompt_fields(batch_rows), ref_context=models.ref_context,
@@ -251,18 +258,25 @@ def train_rl(cfg: RLConfig) -> dict:
             metrics = rollout_metrics(exp, models.gold)
             prm_lp = None
             if models.prm is not None:
-                models.prm.train()
                 prm_lp, prm_stats = update_prm(cfg, models, opt, exp, step)
                 metrics.update(prm_stats)
             # 4. rewards, KL and advantages
             batch, shaped = shape_rewards(cfg, spec, exp, kl_ctl.value, moments, baseline, prm_lp)
             metrics.update(shaped)
             # 5-6. policy and critic updates (the critic alone during warm-up)
-            for m in trained.values():
-                m.train()
             t1 = time.perf_counter()
-            metrics.update(run_updates(cfg, spec, step, batch, models, opt, kl_ctl.value, penalty_ctl.value,
-                                       update_policy=step >= cfg.critic_warmup_steps, ptx_stream=ptx))
+            has_signal = bool(batch.loss_mask.sum() > 0)
+            if not has_signal:
+                logger.event(step + 1, "groups_all_dropped", "every group had equal scores; no update this step")
+            try:
+                if has_signal:
+                    metrics.update(run_updates(cfg, spec, step, batch, models, opt, kl_ctl.value, penalty_ctl.value,
+                                               update_policy=step >= cfg.critic_warmup_steps, ptx_stream=ptx))
+            except TrainingError as err:
+                logger.event(step + 1, "nonfinite", str(err))
+                logger.close()
+                bar.close()
+                raise
             # 7. KL controllers
             metrics["kl/coef"] = kl_ctl.value
             kl_ctl.update(metrics["kl/mean"], n_steps=exp.response_mask.shape[0])

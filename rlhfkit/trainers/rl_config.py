@@ -111,6 +111,8 @@ class RLConfig:
             raise ConfigError(f"micro_batch_size {self.micro_batch_size} must divide minibatch_size {mb}")
         if self.kl_coef < 0 or self.temperature <= 0 or self.max_new_tokens < 1:
             raise ConfigError("kl_coef must be >= 0, temperature > 0 and max_new_tokens >= 1")
+        if self.kl_target is not None and (self.kl_target <= 0 or self.kl_coef == 0):
+            raise ConfigError("kl_target (adaptive KL) needs kl_target > 0 and an initial kl_coef > 0")
         if self.ptx_coef > 0 and not self.ptx_data:
             raise ConfigError("ptx_coef > 0 needs --ptx-data (demonstrations for the pretraining loss)")
         if self.dual_clip is not None and self.dual_clip <= 1:

@@ -106,18 +106,25 @@ def _kl_in_loss(cfg, spec) -> bool:
 
 
 def _kl_estimator(cfg, spec) -> str:
-    return cfg.kl_estimator or ("k3" if _kl_in_loss(cfg, spec) else spec.kl_estimator)
+    """The configured estimator, else the algorithm's for its own placement, else k3 in the loss / k1 in the reward."""
+    if cfg.kl_estimator:
+        return cfg.kl_estimator
+    if (cfg.kl_placement or spec.kl_placement) == spec.kl_placement:
+        return spec.kl_estimator
+    return "k3" if _kl_in_loss(cfg, spec) else "k1"
 
 
-def optimizer_step(step: int, what: str, params, optimizer, scheduler, max_grad_norm: float, on_nonfinite: str) -> float:
-    """Check, clip and apply the accumulated gradient; returns the pre-clip norm."""
+def optimizer_step(step: int, what: str, params, optimizer, scheduler, max_grad_norm: float) -> float:
+    """Check, clip and apply the accumulated gradient; returns the pre-clip norm.
+
+    A non-finite gradient raises TrainingError before anything is applied (the caller decides
+    whether that stops the run or skips the minibatch).
+    """
     norm = grad_norm(params)
     try:
         check_finite(step, **{f"{what} gradient norm": norm})
     except TrainingError:
         optimizer.zero_grad(set_to_none=True)
-        if on_nonfinite == "skip":
-            return float("nan")
         raise
     if max_grad_norm and max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -140,34 +147,52 @@ def run_updates(cfg, spec, step: int, batch: UpdateBatch, models, opt, kl_coef: 
         order = torch.randperm(n, generator=gen) if mb_size < n else torch.arange(n)
         for start in range(0, n, mb_size):
             minibatch = batch.take(order[start:start + mb_size])
-            norm = _normalizer(minibatch.loss_mask, cfg.loss_agg)
-            vnorm = _normalizer(minibatch.loss_mask, "token-mean")
-            sums: dict = {}
-            for ms in range(0, mb_size, micro):
-                mb = minibatch.take(torch.arange(ms, min(ms + micro, mb_size)))
-                weight = float(mb.loss_mask.sum())
-                if update_policy:
-                    loss, psums, means = policy_loss_micro(cfg, spec, models.policy, mb, norm, kl_coef, penalty_coef)
-                    check_finite(step, **{"policy loss": loss})
-                    loss.backward()
-                    _add(sums, psums)
-                    acc.add(means, weight)
-                if models.critic is not None:
-                    vloss, vsums, vmeans = value_loss_micro(cfg, models.critic, mb, vnorm)
-                    check_finite(step, **{"value loss": vloss})
-                    vloss.backward()
-                    _add(sums, vsums)
-                    acc.add(vmeans, weight)
-            if update_policy and ptx_stream is not None:
-                _add(sums, ptx_backward(cfg, models.policy, ptx_stream))
-            if update_policy:
-                sums["grad/norm"] = optimizer_step(step, "policy", opt.policy_params, opt.policy, opt.policy_sched,
-                                                   cfg.max_grad_norm, cfg.on_nonfinite)
-            if models.critic is not None:
-                sums["grad/critic_norm"] = optimizer_step(step, "critic", opt.critic_params, opt.critic, None,
-                                                          cfg.max_grad_norm, cfg.on_nonfinite)
+            try:
+                sums = _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_coef,
+                                         update_policy, ptx_stream, acc, micro)
+            except TrainingError:
+                if cfg.on_nonfinite != "skip":
+                    raise
+                for o in (opt.policy, opt.critic):
+                    if o is not None:
+                        o.zero_grad(set_to_none=True)
+                acc.add({"train/skipped_minibatches": 1.0}, 1.0)
+                continue
             acc.add(sums, 1.0)  # minibatch totals, averaged over minibatches and epochs
     return acc.means()
+
+
+def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_coef, update_policy, ptx_stream,
+                      acc, micro) -> dict:
+    """Accumulate the micro-batches' gradients of one minibatch, then step each optimizer."""
+    mb_size = minibatch.input_ids.shape[0]
+    norm = _normalizer(minibatch.loss_mask, cfg.loss_agg)
+    vnorm = _normalizer(minibatch.loss_mask, "token-mean")
+    sums: dict = {}
+    for ms in range(0, mb_size, micro):
+        mb = minibatch.take(torch.arange(ms, min(ms + micro, mb_size)))
+        weight = float(mb.loss_mask.sum())
+        if update_policy:
+            loss, psums, means = policy_loss_micro(cfg, spec, models.policy, mb, norm, kl_coef, penalty_coef)
+            check_finite(step, **{"policy loss": loss})
+            loss.backward()
+            _add(sums, psums)
+            acc.add(means, weight)
+        if models.critic is not None:
+            vloss, vsums, vmeans = value_loss_micro(cfg, models.critic, mb, vnorm)
+            check_finite(step, **{"value loss": vloss})
+            vloss.backward()
+            _add(sums, vsums)
+            acc.add(vmeans, weight)
+    if update_policy and ptx_stream is not None:
+        _add(sums, ptx_backward(cfg, models.policy, ptx_stream))
+    if update_policy:
+        sums["grad/norm"] = optimizer_step(step, "policy", opt.policy_params, opt.policy, opt.policy_sched,
+                                           cfg.max_grad_norm)
+    if models.critic is not None:
+        sums["grad/critic_norm"] = optimizer_step(step, "critic", opt.critic_params, opt.critic, None,
+                                                  cfg.max_grad_norm)
+    return sums
 
 
 def _add(into: dict, new: dict) -> None:

@@ -22,7 +22,8 @@ class RMConfig:
     eval_data: str | None = option(None, "held-out pairs; default: eval_fraction of `data`")
     eval_fraction: float = option(0.05, "fraction of `data` held out when eval_data is not given")
     data_format: str | None = option(None, "force the row format instead of detecting it",
-                                     choices=(None, "pairs", "hh-rlhf", "shp", "webgpt", "summarize"))
+                                     choices=(None, "prompt_chosen_rejected", "hh_rlhf", "shp", "webgpt",
+                                              "summarize_from_feedback"))
     max_length: int = option(512, "longest prompt + response in tokens")
     overlong: str = option("truncate", "what to do with longer pairs (counted in the log)", choices=("truncate", "drop"))
     use_margin: bool = option(True, "subtract the per-pair `margin` field inside the sigmoid when present")

@@ -23,7 +23,7 @@ class SFTConfig:
     eval_data: str | None = option(None, "held-out demonstrations; default: eval_fraction of `data`")
     eval_fraction: float = option(0.05, "fraction of `data` held out when eval_data is not given")
     data_format: str | None = option(None, "force the row format instead of detecting it from the fields",
-                                     choices=(None, "prompt-response", "alpaca", "messages"))
+                                     choices=(None, "prompt_response", "alpaca", "messages"))
     max_length: int = option(512, "longest prompt + response in tokens")
     overlong: str = option("truncate", "what to do with longer rows (counted in the log)", choices=("truncate", "drop"))
     packing: bool = option(False, "pack several examples into each row of max_length (no attention across them)")

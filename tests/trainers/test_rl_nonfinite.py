@@ -1,0 +1,33 @@
+"""A non-finite loss stops the update with a message naming the step and quantity, or is skipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.trainers.test_rl_smoke import rl_config
+
+
+def test_nonfinite_loss_stops_or_skips(tiny_dir, data_dir, tmp_path):
+    from rlhfkit.rollout import GenerationSettings, make_experience
+    from rlhfkit.trainers.algorithms import get_algorithm
+    from rlhfkit.trainers.common import TrainingError
+    from rlhfkit.trainers.rl import build_models, build_optimizers
+    from rlhfkit.trainers.rl_update import UpdateBatch, run_updates
+
+    cfg = rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", kl_coef=0.0)
+    spec = get_algorithm("grpo")
+    models = build_models(cfg, spec, "cpu")
+    opt = build_optimizers(cfg, models)
+    exp = make_experience(models.policy, models.tokenizer, ["review : movie"] * 4, GenerationSettings(max_new_tokens=4))
+    bad = torch.full_like(exp.logprobs, float("nan"))
+    batch = UpdateBatch(input_ids=exp.input_ids, attention_mask=exp.attention_mask, position_ids=exp.position_ids,
+                        loss_mask=exp.response_mask, old_logprobs=exp.logprobs, ref_logprobs=None, advantages=bad,
+                        returns=bad, old_values=None)
+    before = [p.detach().clone() for p in models.policy.parameters()]
+    with pytest.raises(TrainingError, match="step 7: policy loss is not finite"):
+        run_updates(cfg, spec, 7, batch, models, opt, 0.0, 0.0, update_policy=True)
+    cfg.on_nonfinite = "skip"
+    stats = run_updates(cfg, spec, 7, batch, models, opt, 0.0, 0.0, update_policy=True)
+    assert stats["train/skipped_minibatches"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, models.policy.parameters()))
