@@ -8,50 +8,25 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import ConfigError, option, save_config
-from rlhfkit.trainers.supervised import SupervisedStage, run_supervised
+from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised
 
 
-@dataclass
-class RMConfig:
+@dataclass(kw_only=True)
+class RMConfig(SupervisedConfig):
     """`rlhfkit rm`: train a scalar reward model on (prompt, chosen, rejected) pairs."""
 
     model: str = option(help="backbone to start from (usually the SFT output folder): local folder or hub name")
     data: str = option(help="preference pairs: prompt/chosen/rejected, HH-RLHF, SHP, WebGPT or "
                             "Summarize-from-Feedback layouts (.jsonl/.json/.parquet/.csv/folder/hub)")
-    output: str = option(help="output folder (metrics.jsonl, checkpoints/, final/)")
-    eval_data: str | None = option(None, "held-out pairs; default: eval_fraction of `data`")
-    eval_fraction: float = option(0.05, "fraction of `data` held out when eval_data is not given")
     data_format: str | None = option(None, "force the row format instead of detecting it",
                                      choices=(None, "prompt_chosen_rejected", "hh_rlhf", "shp", "webgpt",
                                               "summarize_from_feedback"))
-    max_length: int = option(512, "longest prompt + response in tokens")
-    overlong: str = option("truncate", "what to do with longer pairs (counted in the log)", choices=("truncate", "drop"))
     use_margin: bool = option(True, "subtract the per-pair `margin` field inside the sigmoid when present")
     lm_coef: float = option(0.0, "weight of the LM loss on the chosen response (MOSS-RLHF imitation term); 0 = off")
-    epochs: int = option(1, "passes over the training pairs")
-    batch_size: int = option(16, "pairs per optimizer step")
-    micro_batch_size: int | None = option(None, "pairs per forward/backward (gradient accumulation)")
     lr: float = option(1e-5, "peak learning rate (AdamW)")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    warmup_steps: int = option(0, "linear warm-up steps")
-    scheduler: str = option("cosine", "learning-rate decay after warm-up", choices=("constant", "linear", "cosine"))
-    max_grad_norm: float = option(1.0, "global gradient-norm clip (0 disables)")
-    dtype: str = option("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
-    device: str = option("auto", "cpu, cuda, ... or auto")
-    seed: int = option(0, "random seed")
-    log_every: int = option(10, "log train metrics every N steps")
-    eval_every: int = option(0, "evaluate every N steps (0: at the end only)")
-    save_every: int = option(0, "checkpoint every N steps (0: only on interrupt)")
-    resume: bool = option(False, "continue from the newest complete checkpoint in output/checkpoints")
-    on_nonfinite: str = option("stop", "on a NaN/inf loss or gradient", choices=("stop", "skip"))
-    report_to: tuple[str, ...] = option(("jsonl",), "metric backends: jsonl, tensorboard, wandb")
-    trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
-        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
-            raise ConfigError("micro_batch_size must be between 1 and batch_size")
+        super().__post_init__()
         if self.lm_coef < 0:
             raise ConfigError("lm_coef must be >= 0")
 

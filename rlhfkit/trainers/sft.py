@@ -9,55 +9,21 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import ConfigError, option, save_config
-from rlhfkit.trainers.supervised import SupervisedStage, run_supervised
+from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised
 
 
-@dataclass
-class SFTConfig:
+@dataclass(kw_only=True)
+class SFTConfig(SupervisedConfig):
     """`rlhfkit sft`: fine-tune a causal LM on prompt -> response demonstrations."""
 
     model: str = option(help="policy to fine-tune: a local folder or a hub name")
     data: str = option(help="demonstrations: .jsonl/.json/.parquet/.csv, a save_to_disk folder or a hub dataset "
                             "(prompt/response, instruction/input/output, or chat messages)")
-    output: str = option(help="output folder (metrics.jsonl, checkpoints/, final/)")
-    eval_data: str | None = option(None, "held-out demonstrations; default: eval_fraction of `data`")
-    eval_fraction: float = option(0.05, "fraction of `data` held out when eval_data is not given")
     data_format: str | None = option(None, "force the row format instead of detecting it from the fields",
                                      choices=(None, "prompt_response", "alpaca", "messages"))
-    max_length: int = option(512, "longest prompt + response in tokens")
-    overlong: str = option("truncate", "what to do with longer rows (counted in the log)", choices=("truncate", "drop"))
     packing: bool = option(False, "pack several examples into each row of max_length (no attention across them)")
-    epochs: int = option(1, "passes over the training data")
-    batch_size: int = option(16, "examples per optimizer step")
-    micro_batch_size: int | None = option(None, "examples per forward/backward (gradient accumulation); "
-                                                "default: batch_size")
-    lr: float = option(2e-5, "peak learning rate (AdamW)")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    warmup_steps: int = option(0, "linear warm-up steps")
-    scheduler: str = option("cosine", "learning-rate decay after warm-up", choices=("constant", "linear", "cosine"))
-    max_grad_norm: float = option(1.0, "global gradient-norm clip (0 disables)")
     lora_r: int = option(0, "LoRA rank (0 = full fine-tuning); needs `pip install peft`")
     lora_alpha: int = option(16, "LoRA alpha")
-    dtype: str = option("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
-    device: str = option("auto", "cpu, cuda, cuda:1, ... or auto")
-    seed: int = option(0, "random seed")
-    log_every: int = option(10, "log train metrics every N steps")
-    eval_every: int = option(0, "evaluate every N steps (0: at the end only)")
-    save_every: int = option(0, "checkpoint every N steps (0: only on interrupt)")
-    resume: bool = option(False, "continue from the newest complete checkpoint in output/checkpoints")
-    on_nonfinite: str = option("stop", "on a NaN/inf loss or gradient", choices=("stop", "skip"))
-    report_to: tuple[str, ...] = option(("jsonl",), "metric backends: jsonl, tensorboard, wandb")
-    trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be >= 1")
-        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
-            raise ConfigError("micro_batch_size must be between 1 and batch_size")
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError("eval_fraction must be in [0, 1)")
-        if self.max_length < 2:
-            raise ConfigError("max_length must be at least 2 tokens")
 
 
 def sft_token_loss(model, batch: dict, normalizer: float):
