@@ -20,12 +20,12 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 RL_DOCS = DOCS / "rl"
-STAGE_PAGES = {"RLConfig": sorted(RL_DOCS.glob("*.md")), "SFTConfig": [DOCS / "sft.md"],
+STAGE_PAGES = {"RLConfig": sorted(RL_DOCS.glob("*.md")) + [DOCS / "health" / "README.md"], "SFTConfig": [DOCS / "sft.md"],
                "RMConfig": [DOCS / "reward-model.md"]}
 OWN_PAGES = sorted(RL_DOCS.glob("*.md")) + [DOCS / "sft.md", DOCS / "reward-model.md"]
 COMMANDS = {"rl": "RLConfig", "sft": "SFTConfig", "rm": "RMConfig"}
 METRIC_NAMESPACES = ("reward", "kl", "policy", "loss", "value", "advantages", "returns", "response", "grad",
-                     "time", "prime", "groups", "train", "eval", "data")
+                     "time", "prime", "groups", "train", "eval", "data", "trpo")
 
 
 def config_classes() -> dict:

@@ -43,6 +43,16 @@ from rlhfkit.algos.registry import (
     register_advantage_estimator,
 )
 from rlhfkit.algos.running import MovingAverageBaseline, RunningMoments, normalize_and_clip_scores
+from rlhfkit.algos.trpo import (
+    conjugate_gradient,
+    fisher_vector_product,
+    flat_grad,
+    flat_params,
+    mean_kl_old_new,
+    set_flat_params,
+    surrogate_advantage,
+    trpo_step,
+)
 
 __all__ = [
     # masking and aggregation
@@ -65,4 +75,7 @@ __all__ = [
     "implicit_process_rewards", "prime_advantages", "prime_prm_loss",
     # running statistics
     "MovingAverageBaseline", "RunningMoments", "normalize_and_clip_scores",
+    # TRPO
+    "conjugate_gradient", "fisher_vector_product", "flat_grad", "flat_params", "mean_kl_old_new",
+    "set_flat_params", "surrogate_advantage", "trpo_step",
 ]

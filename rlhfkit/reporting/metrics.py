@@ -225,6 +225,16 @@ METRICS: dict[str, MetricDef] = _defs(
      "nats", "The number to trust; stop or regularize when it turns upward.", ("sft", "rm")),
     ("eval/ppl", "SFT: exp(eval/loss), the held-out perplexity on response tokens.", "1",
      "Lower is better; compare runs on the same data only.", ("sft",)),
+    ("trpo/kl", "TRPO: measured mean KL(old||new) per response token of the accepted step (0 if refused).",
+     "nats", "At most max_kl by construction; far below it means the line search backtracked a lot.", ("rl",)),
+    ("trpo/surrogate_improvement", "TRPO: increase of the surrogate advantage mean(ratio * A) by the step.",
+     "reward", "Positive on accepted steps; 0 when the step was refused.", ("rl",)),
+    ("trpo/line_search_steps", "TRPO: backtracks before a step was accepted (max_backtracks if refused).",
+     "count", "Usually 0-2; always at the maximum means the quadratic KL model is poor (raise damping).", ("rl",)),
+    ("trpo/cg_residual", "TRPO: relative residual |(F + damping I) x - g| / |g| of the conjugate-gradient solve.",
+     "1", "Small (< 0.1) means the natural-gradient direction is accurate; raise cg_iters or damping if not.", ("rl",)),
+    ("trpo/accepted", "TRPO: fraction of minibatch steps the line search accepted.", "fraction",
+     "Near 1; near 0 means every step broke the KL limit or failed to improve the surrogate.", ("rl",)),
     ("train/skipped_minibatches",
      "RL: minibatches skipped this step because a loss or gradient was not finite (--on-nonfinite skip).",
      "count", "Should be 0; anything else means the run is numerically unstable.", ("rl",)),
@@ -280,6 +290,16 @@ EVENTS: dict[str, str] = {
     "score_gold_divergence": "The score rose while the gold reward fell: a sign of reward hacking "
                              "(bundled tasks only).",
     "groups_all_dropped": "Every prompt group had equal scores, so the step had no learning signal.",
+    # Run-health detectors (rlhfkit/reporting/health.py, docs/health/): entropy_collapse and
+    # clipfrac_high above are detectors too.
+    "kl_runaway": "kl/mean above its limit or growing fast: the policy drifts away from the reference.",
+    "reward_hacking": "The score rose while the gold reward fell (or, without gold, while responses grew "
+                      "longer or the policy's entropy fell): the policy exploits the reward.",
+    "value_instability": "loss/value jumped or oscillated, or value/explained_variance stayed strongly "
+                         "negative: the critic cannot track the returns.",
+    "stalled": "Score, KL and policy/approx_kl all flat over a long window: training is not moving.",
+    "rollback": "A health detector with policy rollback fired: the run restored an earlier checkpoint "
+                "and continues from it.",
     "resumed": "The run resumed from a checkpoint at this step.",
     "interrupted": "The run was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint at this step.",
     "done": "The run finished.",

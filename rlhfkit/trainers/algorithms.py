@@ -19,7 +19,8 @@ class AlgorithmSpec:
     critic: trains a value model (GAE needs per-token values).
     kl_placement: "reward" (-beta*KL per token in the reward, Ziegler et al. 2019) or "loss"
         (beta*KL added to the policy loss, GRPO, Shao et al. 2024).
-    policy_loss: "clip" (PPO clipped surrogate) or "penalty" (PPO with adaptive KL(old||new) penalty).
+    policy_loss: "clip" (PPO clipped surrogate), "penalty" (PPO with adaptive KL(old||new) penalty)
+        or "trpo" (conjugate-gradient natural step + line search under max_kl; no policy optimizer).
     n: default samples per prompt (group size); group estimators need n >= 2.
     whiten: default for whitening advantages over the batch (the loop does it, after dropping groups;
         the estimators themselves never whiten here).
@@ -41,6 +42,8 @@ class AlgorithmSpec:
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
     AlgorithmSpec("ppo", "gae", critic=True, whiten=True, summary="PPO: GAE critic, clipped surrogate, KL in reward"),
+    AlgorithmSpec("trpo", "gae", critic=True, whiten=True, policy_loss="trpo",
+                  summary="natural-gradient step under a hard KL limit (Schulman et al. 2015), GAE critic"),
     AlgorithmSpec("ppo-penalty", "gae", critic=True, whiten=True, policy_loss="penalty",
                   summary="PPO with an adaptive KL(old||new) penalty instead of the clip"),
     AlgorithmSpec("reinforce", "reinforce", summary="Monte-Carlo return minus a moving-average baseline"),

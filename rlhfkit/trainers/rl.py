@@ -9,6 +9,7 @@ update; 8. log and checkpoint. What differs between algorithms comes from `Algor
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,9 @@ import torch
 
 from rlhfkit.config import ConfigError, save_config
 from rlhfkit.trainers.algorithms import get_algorithm
-from rlhfkit.trainers.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.reporting.health import DETECTOR_NAMES, HealthMonitor
+from rlhfkit.trainers.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
+                                         save_checkpoint, set_rng_state)
 from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError, make_optimizer, make_scheduler, resolve_device, set_seed
 from rlhfkit.trainers.rl_config import RLConfig
 from rlhfkit.trainers.rl_update import UpdateBatch, _kl_estimator, _kl_in_loss, run_updates
@@ -59,6 +62,7 @@ def build_models(cfg: RLConfig, spec, device) -> SimpleNamespace:
 
 def build_optimizers(cfg: RLConfig, models) -> SimpleNamespace:
     opt = SimpleNamespace(policy_params=[p for p in models.policy.parameters() if p.requires_grad])
+    # TRPO steps the policy itself and never uses this optimizer; it keeps lr logging and checkpoints uniform.
     opt.policy = make_optimizer(opt.policy_params, cfg.lr, cfg.weight_decay)
     opt.policy_sched = make_scheduler(opt.policy, cfg.steps, cfg.warmup_steps, "constant")
     opt.critic = opt.prm = None
@@ -219,25 +223,20 @@ def train_rl(cfg: RLConfig) -> dict:
         m.eval()
     stateful = {"kl_ctl": kl_ctl, "penalty_ctl": penalty_ctl, "moments": moments, "baseline": baseline}
 
-    step = 0
-    if cfg.resume and (ckpt := latest_checkpoint(out_dir / "checkpoints")) is not None:
-        state = load_checkpoint(ckpt, trained)
-        for name in ("policy", "critic", "prm"):
-            if getattr(opt, name) is not None:
-                getattr(opt, name).load_state_dict(state[f"opt_{name}"])
-        opt.policy_sched.load_state_dict(state["sched_policy"])
-        for name, obj in stateful.items():
-            obj.load_state_dict(state[name])
-        set_rng_state(state["rng"])
-        step = int(state["step"])
-        print(f"[rl] resumed from {ckpt} at step {step}")
+    health = HealthMonitor.from_config(cfg)
+    stateful["health"] = health
+    uses_rollback = any(getattr(health.config, f"{d}_policy") == "rollback" for d in DETECTOR_NAMES)
+    keep = 2 + (math.ceil(health.config.longest_window / cfg.save_every) if uses_rollback else 0)
 
     def checkpoint():
-        state = {"step": step, "rng": rng_state(), "sched_policy": opt.policy_sched.state_dict(),
-                 **{f"opt_{k}": getattr(opt, k).state_dict() for k in ("policy", "critic", "prm")
-                    if getattr(opt, k) is not None},
-                 **{k: v.state_dict() for k, v in stateful.items()}}
-        save_checkpoint(out_dir / "checkpoints", step, trained, state)
+        save_checkpoint(out_dir / "checkpoints", step, trained, _trainer_state(step, opt, stateful), keep_last=keep)
+
+    step = 0
+    if cfg.resume and (ckpt := latest_checkpoint(out_dir / "checkpoints")) is not None:
+        step = _restore(ckpt, trained, opt, stateful)
+        print(f"[rl] resumed from {ckpt} at step {step}")
+    if uses_rollback and latest_checkpoint(out_dir / "checkpoints") is None:
+        checkpoint()  # the starting point is healthy by definition: always something to roll back to
 
     logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=step)
     logger.event(step, "start", f"{cfg.algo}: {spec.summary}; {len(rows)} prompts ({prompt_stats})")
@@ -290,6 +289,30 @@ def train_rl(cfg: RLConfig) -> dict:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 logger.log(step, metrics)
             bar.update(1, score=metrics["reward/score_mean"], kl=metrics["kl/mean"])
+            # Run health: named warnings, and the configured policy (warn, stop, roll back).
+            warnings = health.update(step, metrics)
+            for w in warnings:
+                logger.event(w.step, w.detector, w.message, **w.event_data())
+            action = health.action(warnings)
+            if action == "rollback":
+                target = health.rollback_step(warnings, [int(p.name.split("-")[1])
+                                                         for p in list_checkpoints(out_dir / "checkpoints")])
+                if target is not None:
+                    _restore(out_dir / "checkpoints" / f"step-{target:06d}", trained, opt, stateful, skip=("health",))
+                    health.rolled_back(target)
+                    _after_rollback(cfg, opt, health.rollbacks, target)
+                    logger.close()
+                    logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=target)
+                    logger.event(target, "rollback", f"rolled back from step {step} to the checkpoint of step "
+                                 f"{target} after {', '.join(w.detector for w in warnings)}; policy lr halved")
+                    step = target
+                    continue
+                action = "stop"
+            if action == "stop":
+                checkpoint()
+                logger.event(step, "stopped", f"stopped by the health monitor "
+                             f"({', '.join(w.detector for w in warnings)}); checkpoint of step {step} saved")
+                break
             if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
                 checkpoint()
             if stop.requested:
@@ -303,3 +326,31 @@ def train_rl(cfg: RLConfig) -> dict:
         models.critic.save_pretrained(final / "critic")
     return {"output": str(out_dir), "final": str(final), **metrics}
 
+
+def _trainer_state(step: int, opt, stateful: dict) -> dict:
+    """Everything besides weights that a resume needs (weights_only-loadable)."""
+    return {"step": step, "rng": rng_state(), "sched_policy": opt.policy_sched.state_dict(),
+            **{f"opt_{k}": getattr(opt, k).state_dict() for k in ("policy", "critic", "prm") if getattr(opt, k) is not None},
+            **{k: v.state_dict() for k, v in stateful.items()}}
+
+
+def _restore(ckpt, trained: dict, opt, stateful: dict, skip=()) -> int:
+    """Load checkpoint `ckpt` into models, optimizers and stateful objects; returns its step."""
+    state = load_checkpoint(ckpt, trained)
+    for name in ("policy", "critic", "prm"):
+        if getattr(opt, name) is not None:
+            getattr(opt, name).load_state_dict(state[f"opt_{name}"])
+    opt.policy_sched.load_state_dict(state["sched_policy"])
+    for name, obj in stateful.items():
+        if name not in skip and name in state:  # a checkpoint older than a component keeps its fresh state
+            obj.load_state_dict(state[name])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _after_rollback(cfg: RLConfig, opt, rollbacks: int, target: int) -> None:
+    """Do not replay the failure as it was: halve the policy lr and draw other samples."""
+    for group in opt.policy.param_groups:
+        group["lr"] *= 0.5
+    opt.policy_sched.base_lrs = [lr * 0.5 for lr in opt.policy_sched.base_lrs]
+    torch.manual_seed(cfg.seed + 7919 * rollbacks + target)

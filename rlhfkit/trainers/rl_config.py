@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
 
 from rlhfkit.config import ConfigError, option
+from rlhfkit.reporting.health import HealthConfig
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 
 
-@dataclass
-class RLConfig:
+def _health_options():
+    """`health_<name>` fields, one per HealthConfig field (thresholds, windows, policies)."""
+    hints = typing.get_type_hints(HealthConfig)
+    return [(f"health_{f.name}", hints[f.name],
+             option(f.default, f"run health: {f.name.replace('_', ' ')} (docs/health/README.md)"))
+            for f in dataclasses.fields(HealthConfig)]
+
+
+# The run-health settings as flat fields, so YAML keys and CLI flags stay 1:1 with the config.
+HealthOptions = dataclasses.make_dataclass("HealthOptions", _health_options(), kw_only=True)
+
+
+@dataclass(kw_only=True)
+class RLConfig(HealthOptions):
     """`rlhfkit rl --algo NAME`: optimize a policy against a reward model or function."""
 
     # --- what to train, on what, judged by what
@@ -18,7 +33,8 @@ class RLConfig:
     prompts: str = option(help="prompts: `prompt` or chat `messages` rows (.jsonl/.json/.parquet/.csv/folder/hub); "
                                "extra fields such as `answer` reach reward functions")
     output: str = option(help="output folder (metrics.jsonl, checkpoints/, final/)")
-    algo: str = option("ppo", "ppo, ppo-penalty, reinforce, rloo, grpo, reinforce++, reinforce++-baseline, prime")
+    algo: str = option("ppo", "ppo, ppo-penalty, trpo, reinforce, rloo, grpo, reinforce++, reinforce++-baseline, "
+                              "prime")
     reward_model: str | None = option(None, "reward model folder (saved by `rlhfkit rm`, or any "
                                             "AutoModelForSequenceClassification with num_labels=1)")
     reward_fn: str | None = option(None, "reward function instead of a model: path/to/file.py:fn, module:fn or "
@@ -57,6 +73,11 @@ class RLConfig:
     dual_clip: float | None = option(None, "dual-clip constant c > 1 bounding the loss for negative advantages")
     penalty_coef: float = option(0.1, "ppo-penalty: initial beta of the KL(old||new) penalty")
     penalty_target: float = option(0.01, "ppo-penalty: KL(old||new) target that adapts beta")
+    max_kl: float = option(0.01, "trpo: trust region, the largest mean KL(old||new) per token a step may take")
+    damping: float = option(0.1, "trpo: damping added to the Fisher matrix (F + damping*I)")
+    cg_iters: int = option(10, "trpo: conjugate-gradient iterations")
+    backtrack_ratio: float = option(0.8, "trpo: line-search shrink factor per backtrack")
+    max_backtracks: int = option(10, "trpo: line-search candidates before the step is refused")
     entropy_coef: float = option(0.0, "entropy bonus weight")
     ptx_coef: float = option(0.0, "PPO-ptx: weight of an SFT loss on ptx_data mixed into the policy loss")
     ptx_data: str | None = option(None, "demonstrations for PPO-ptx (any `rlhfkit sft` format)")
@@ -117,3 +138,7 @@ class RLConfig:
             raise ConfigError("ptx_coef > 0 needs --ptx-data (demonstrations for the pretraining loss)")
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError("dual_clip must be > 1 (e.g. 3.0)")
+        health = HealthConfig.from_config(self)  # validates every health_* field
+        if any(getattr(health, f"{d}_policy") == "rollback" for d in ("kl_runaway", "entropy_collapse",
+               "reward_hacking", "value_instability", "stalled", "clipfrac_high")) and self.save_every <= 0:
+            raise ConfigError("a health policy 'rollback' needs --save-every > 0 (checkpoints to roll back to)")

@@ -169,6 +169,10 @@ def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_
     norm = _normalizer(minibatch.loss_mask, cfg.loss_agg)
     vnorm = _normalizer(minibatch.loss_mask, "token-mean")
     sums: dict = {}
+    trpo = update_policy and spec.policy_loss == "trpo"
+    if trpo:
+        sums.update(trpo_policy_update(cfg, models.policy, minibatch, micro))
+        update_policy = False  # the step is taken; only the critic's gradient-based update follows
     for ms in range(0, mb_size, micro):
         mb = minibatch.take(torch.arange(ms, min(ms + micro, mb_size)))
         weight = float(mb.loss_mask.sum())
@@ -186,7 +190,7 @@ def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_
             acc.add(vmeans, weight)
     if update_policy and ptx_stream is not None:
         _add(sums, ptx_backward(cfg, models.policy, ptx_stream))
-    if update_policy:
+    if update_policy and opt.policy is not None:
         sums["grad/norm"] = optimizer_step(step, "policy", opt.policy_params, opt.policy, opt.policy_sched,
                                            cfg.max_grad_norm)
     if models.critic is not None:
@@ -209,3 +213,57 @@ def ptx_backward(cfg, policy, ptx_stream) -> dict:
     loss, stats = sft_token_loss(policy, batch, tokens)
     (cfg.ptx_coef * loss).backward()
     return {"loss/sft": stats["loss"]}
+
+
+def trpo_policy_update(cfg, policy, minibatch: UpdateBatch, micro: int) -> dict:
+    """TRPO (Schulman et al. 2015, app. C): natural-gradient step by conjugate gradient on Fisher-vector
+    products of the mean KL(old || new) over response tokens, scaled to `max_kl`, then a backtracking
+    line search that keeps the measured KL under the limit. Closures are per micro-batch, so memory
+    stays bounded; no explicit Hessian is ever built."""
+    from rlhfkit.algos import (entropy_from_logits, logprobs_from_logits, masked_mean, mean_kl_old_new,
+                               surrogate_advantage, trpo_step)
+    from rlhfkit.models import response_logits
+
+    R, n = minibatch.response_length, minibatch.input_ids.shape[0]
+    norm = _normalizer(minibatch.loss_mask, cfg.loss_agg)  # surrogate shares add up to the minibatch's
+    tok = _normalizer(minibatch.loss_mask, "token-mean")  # the KL is always a token mean
+    parts = [minibatch.take(torch.arange(s, min(s + micro, n))) for s in range(0, n, micro)]
+
+    def logits(mb):  # (n, R, V) at the sampling temperature
+        return response_logits(policy, mb.input_ids, mb.attention_mask, mb.position_ids, R)[:, :-1] / cfg.temperature
+
+    def surrogate(mb, z):
+        return surrogate_advantage(logprobs_from_logits(z, mb.input_ids[:, -R:]), mb.old_logprobs, mb.advantages,
+                                   mb.loss_mask, agg=cfg.loss_agg, normalizer=norm, norm_len=cfg.max_new_tokens)
+
+    def kl(mb, old, z):
+        return mean_kl_old_new(old, z, mb.loss_mask, normalizer=tok)
+
+    def fisher(mb):
+        z = logits(mb)
+        return kl(mb, z.detach(), z)
+
+    def both(mb, old):
+        z = logits(mb)
+        return surrogate(mb, z), kl(mb, old, z)
+
+    with torch.no_grad():
+        start = [logits(mb) for mb in parts]  # pi_old of this step
+        entropy = sum(float(masked_mean(entropy_from_logits(z), mb.loss_mask)) * float(mb.loss_mask.sum())
+                      for z, mb in zip(start, parts)) / tok
+        before = sum(float(surrogate(mb, z)) for mb, z in zip(parts, start))
+    params = [p for p in policy.parameters() if p.requires_grad]
+    try:
+        st = trpo_step(params, [lambda mb=mb: surrogate(mb, logits(mb)) for mb in parts],
+                       [lambda mb=mb, s=s: kl(mb, s, logits(mb)) for mb, s in zip(parts, start)],
+                       cfg.max_kl, cfg.damping, cfg.cg_iters, cfg.backtrack_ratio, cfg.max_backtracks,
+                       fvp_kl_fn=[lambda mb=mb: fisher(mb) for mb in parts],
+                       line_search_fn=[lambda mb=mb, s=s: both(mb, s) for mb, s in zip(parts, start)])
+    except FloatingPointError as err:
+        raise TrainingError(f"trpo: {err}") from None
+    out = {f"trpo/{k}": float(st[k]) for k in ("kl", "surrogate_improvement", "line_search_steps", "cg_residual")}
+    out["trpo/accepted"] = float(st["accepted"])
+    out["policy/entropy"] = entropy
+    out["policy/approx_kl"] = out["trpo/kl"]  # exact mean KL(old||new) of the step, not an estimate
+    out["loss/policy"] = -(before + out["trpo/surrogate_improvement"])  # minus the surrogate after the step
+    return out
