@@ -98,3 +98,16 @@ def test_micro_batches_give_the_whole_batch_update(algo, agg, tiny_dir, data_dir
         ca = torch.cat([p.flatten() for p in load_scalar_model(tmp_path / "whole" / "final" / "critic").parameters()])
         cb = torch.cat([p.flatten() for p in load_scalar_model(tmp_path / "micro" / "final" / "critic").parameters()])
         assert torch.allclose(ca, cb, atol=1e-6)
+
+
+def test_lora_policy_uses_the_disabled_adapter_as_reference(tiny_dir, data_dir, tmp_path):
+    from rlhfkit.trainers.algorithms import get_algorithm
+    from rlhfkit.trainers.rl import build_models, train_rl
+
+    cfg = rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", lora_r=4, steps=2)
+    models = build_models(cfg, get_algorithm("grpo"), "cpu")
+    assert models.reference is None and models.ref_context is not None  # no second copy in memory
+    result = train_rl(cfg)
+    rows = read_metrics(tmp_path)
+    assert len(rows) == 2 and rows[-1]["kl/mean"] != 0.0  # the KL to the adapter-free model is measured
+    assert not torch.equal(final_params(tiny_dir), final_params(result["final"]))  # merged adapters saved
