@@ -68,7 +68,7 @@ def _enter(ref_context, policy):
 def make_experience(policy, tokenizer, prompts: list[str], settings: GenerationSettings, reference=None,
                     critic=None, scorer=None, fields: dict | None = None, ref_context=None,
                     add_special_tokens: bool | None = None, forward_batch_size: int | None = None,
-                    prompt_ids: list[list[int]] | None = None) -> Experience:
+                    prompt_ids: list[list[int]] | None = None, policy_logprobs: bool = True) -> Experience:
     """Generate `settings.n` responses per prompt and score them; returns an `Experience` (N = B * n rows).
 
     policy: causal LM (or peft model) that samples. reference: a frozen causal LM for
@@ -83,6 +83,8 @@ def make_experience(policy, tokenizer, prompts: list[str], settings: GenerationS
     Logprobs use logits / settings.temperature, the distribution the tokens were sampled from.
     forward_batch_size: rows per forward pass after generation (None: all N at once), to bound the
     memory of the (rows, R + 1, V) logits.
+    policy_logprobs: False skips the policy's no-grad forward (`logprobs` is None): a trainer that
+    updates once on this batch, with the KL not in the reward, gets them from its own forward.
     All models run in eval mode (no dropout) without gradients; their modes are restored.
     """
     if reference is not None and ref_context is not None:
@@ -103,7 +105,7 @@ def make_experience(policy, tokenizer, prompts: list[str], settings: GenerationS
             return _by_rows(lambda *t: response_logprobs(model, *t, response_length, temperature=settings.temperature),
                             inputs, _device(model), forward_batch_size)
 
-        logprobs = _masked(logprobs_of(policy).to(device), mask)
+        logprobs = _masked(logprobs_of(policy).to(device), mask) if policy_logprobs else None
         ref_logprobs = None
         if ref_context is not None or reference is not None:
             with _enter(ref_context, policy) if ref_context is not None else nullcontext():

@@ -100,7 +100,9 @@ def shape_rewards(cfg, spec, exp, kl_coef: float, moments, baseline, prm_logprob
     if cfg.reward_clip is not None:
         scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
     ref = exp.ref_logprobs
-    if ref is not None:
+    if exp.logprobs is None:  # single pass with the KL (if any) in the loss: kl/mean comes from the update
+        token_rewards = A.kl_shaped_rewards(scores, mask.new_zeros(mask.shape), mask.new_zeros(mask.shape), mask, 0.0)
+    elif ref is not None:
         kl_tok = A.kl_divergence(exp.logprobs, ref, "k1") * mask  # (B, R)
         metrics["kl/mean"] = float(kl_tok.sum(-1).mean())
         metrics["kl/token_mean"] = float(A.masked_mean(kl_tok, mask))
@@ -207,6 +209,7 @@ def train_rl(cfg: RLConfig) -> dict:
         raise ConfigError(f"{cfg.prompts}: no prompt left after over-long handling ({prompt_stats})")
     opt = build_optimizers(cfg, models)
     n = cfg.n or spec.n
+    single_pass = _single_pass(cfg, spec, cfg.prompts_per_step * n)
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                   top_k=cfg.top_k, n=n, stop_strings=tuple(cfg.stop_strings))
     kl_ctl = (A.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.kl_target
@@ -252,7 +255,8 @@ def train_rl(cfg: RLConfig) -> dict:
             exp = make_experience(models.policy, models.tokenizer, [r["prompt_text"] for r in batch_rows], settings,
                                   reference=models.reference, critic=models.critic, scorer=models.scorer,
                                   fields=prompt_fields(batch_rows), ref_context=models.ref_context,
-                                  prompt_ids=[r["prompt_ids"] for r in batch_rows])
+                                  prompt_ids=[r["prompt_ids"] for r in batch_rows],
+                                  policy_logprobs=not single_pass)
             t_rollout = time.perf_counter() - t0
             metrics = rollout_metrics(exp, models.gold)
             prm_lp = None
@@ -278,6 +282,7 @@ def train_rl(cfg: RLConfig) -> dict:
                 raise
             # 7. KL controllers
             metrics["kl/coef"] = kl_ctl.value
+            metrics.setdefault("kl/mean", 0.0)  # no reference model, or no update this step
             kl_ctl.update(metrics["kl/mean"], n_steps=exp.response_mask.shape[0])
             if spec.policy_loss == "penalty" and "policy/kl" in metrics:
                 penalty_ctl.update(metrics["policy/kl"], n_steps=exp.response_mask.shape[0])
@@ -325,6 +330,15 @@ def train_rl(cfg: RLConfig) -> dict:
     if models.critic is not None:
         models.critic.save_pretrained(final / "critic")
     return {"output": str(out_dir), "final": str(final), **metrics}
+
+
+def _single_pass(cfg: RLConfig, spec, batch: int) -> bool:
+    """True when the policy takes exactly one gradient step on each fresh batch and nothing before the
+    update needs its logprobs (no KL in the reward, no PRIME, no TRPO): the rollout's no-grad policy
+    forward is then skipped, as its result would equal the update's own detached logprobs."""
+    kl_in_reward = cfg.kl_coef > 0 and (cfg.kl_placement or spec.kl_placement) == "reward"
+    return (cfg.ppo_epochs == 1 and (cfg.minibatch_size or batch) == batch and spec.policy_loss != "trpo"
+            and not kl_in_reward and not spec.process_reward and cfg.critic_warmup_steps == 0)
 
 
 def _trainer_state(step: int, opt, stateful: dict) -> dict:

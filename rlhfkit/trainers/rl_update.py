@@ -21,7 +21,7 @@ class UpdateBatch:
     attention_mask: torch.Tensor  # (N, P+R)
     position_ids: torch.Tensor  # (N, P+R)
     loss_mask: torch.Tensor  # (N, R) response_mask, zeroed for dropped groups
-    old_logprobs: torch.Tensor  # (N, R)
+    old_logprobs: torch.Tensor | None  # (N, R); None: single pass, the update's own forward is "old"
     ref_logprobs: torch.Tensor | None  # (N, R)
     advantages: torch.Tensor  # (N, R)
     returns: torch.Tensor  # (N, R)
@@ -57,7 +57,8 @@ def _normalizer(mask: torch.Tensor, agg: str) -> float:
     return float((mask.sum(-1) > 0).sum().clamp(min=1))
 
 
-def policy_loss_micro(cfg, spec, policy, mb: UpdateBatch, normalizer: float, kl_coef: float, penalty_coef: float):
+def policy_loss_micro(cfg, spec, policy, mb: UpdateBatch, normalizer: float, kl_coef: float, penalty_coef: float,
+                      minibatch_seqs: float = 1.0):
     """Loss of one micro-batch, already divided by the minibatch normalizer.
 
     Returns (loss, sums, means): `sums` are loss terms that add up over micro-batches to the
@@ -69,16 +70,22 @@ def policy_loss_micro(cfg, spec, policy, mb: UpdateBatch, normalizer: float, kl_
     logprobs, entropy = response_logprobs(policy, mb.input_ids, mb.attention_mask, mb.position_ids,
                                           mb.response_length, temperature=cfg.temperature, return_entropy=True)
     common = dict(agg=cfg.loss_agg, normalizer=normalizer, norm_len=cfg.max_new_tokens)
+    # Single pass on fresh samples: the policy has not moved since the rollout, so its own detached
+    # logprobs are the old ones (ratio 1, gradient A * grad log pi) and the rollout forward is skipped.
+    old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()
     if spec.policy_loss == "penalty":
-        loss, stats = ppo_penalty_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, beta=penalty_coef,
+        loss, stats = ppo_penalty_loss(logprobs, old, mb.advantages, mb.loss_mask, beta=penalty_coef,
                                        **common)
     else:
-        loss, stats = ppo_policy_loss(logprobs, mb.old_logprobs, mb.advantages, mb.loss_mask, clip_eps=cfg.clip_eps,
+        loss, stats = ppo_policy_loss(logprobs, old, mb.advantages, mb.loss_mask, clip_eps=cfg.clip_eps,
                                       clip_eps_high=cfg.clip_eps_high, dual_clip=cfg.dual_clip, **common)
     means = {f"policy/{k}": float(v) for k, v in stats.items()}
     means.setdefault("policy/approx_kl", means.get("policy/kl", 0.0))  # the penalty loss calls it kl
     means["policy/entropy"] = float(masked_mean(entropy.detach(), mb.loss_mask))
     sums = {"loss/policy": float(loss.detach())}
+    if mb.old_logprobs is None and mb.ref_logprobs is not None:
+        # kl/mean (k1 summed per sequence, mean over the minibatch's sequences) from this forward.
+        sums["kl/mean"] = float(((logprobs.detach() - mb.ref_logprobs) * mb.loss_mask).sum()) / minibatch_seqs
     if cfg.entropy_coef:
         ent, _ = entropy_loss(entropy, mb.loss_mask, **common)
         loss = loss - cfg.entropy_coef * ent
@@ -168,6 +175,7 @@ def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_
     mb_size = minibatch.input_ids.shape[0]
     norm = _normalizer(minibatch.loss_mask, cfg.loss_agg)
     vnorm = _normalizer(minibatch.loss_mask, "token-mean")
+    seqs = float(minibatch.input_ids.shape[0])
     sums: dict = {}
     trpo = update_policy and spec.policy_loss == "trpo"
     if trpo:
@@ -177,7 +185,7 @@ def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_
         mb = minibatch.take(torch.arange(ms, min(ms + micro, mb_size)))
         weight = float(mb.loss_mask.sum())
         if update_policy:
-            loss, psums, means = policy_loss_micro(cfg, spec, models.policy, mb, norm, kl_coef, penalty_coef)
+            loss, psums, means = policy_loss_micro(cfg, spec, models.policy, mb, norm, kl_coef, penalty_coef, seqs)
             check_finite(step, **{"policy loss": loss})
             loss.backward()
             _add(sums, psums)

@@ -31,3 +31,30 @@ def test_nonfinite_loss_stops_or_skips(tiny_dir, data_dir, tmp_path):
     stats = run_updates(cfg, spec, 7, batch, models, opt, 0.0, 0.0, update_policy=True)
     assert stats["train/skipped_minibatches"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, models.policy.parameters()))
+
+
+def test_single_pass_without_rollout_logprobs_gives_the_same_update(tiny_dir, data_dir, tmp_path):
+    """Skipping the rollout's policy forward (old = the update's own detached logprobs) changes nothing."""
+    import copy
+
+    from rlhfkit.rollout import GenerationSettings, make_experience
+    from rlhfkit.trainers.algorithms import get_algorithm
+    from rlhfkit.trainers.rl import build_models, build_optimizers
+    from rlhfkit.trainers.rl_update import UpdateBatch, run_updates
+
+    cfg = rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", kl_coef=0.0, max_grad_norm=0.0)
+    spec = get_algorithm("grpo")
+    models = build_models(cfg, spec, "cpu")
+    exp = make_experience(models.policy, models.tokenizer, ["review : movie"] * 4, GenerationSettings(max_new_tokens=5))
+    adv = torch.randn_like(exp.logprobs) * exp.response_mask
+    finals = []
+    for old in (exp.logprobs, None):
+        m = copy.deepcopy(models)
+        batch = UpdateBatch(input_ids=exp.input_ids, attention_mask=exp.attention_mask, position_ids=exp.position_ids,
+                            loss_mask=exp.response_mask, old_logprobs=old, ref_logprobs=None, advantages=adv,
+                            returns=adv, old_values=None)
+        run_updates(cfg, spec, 0, batch, m, build_optimizers(cfg, m), 0.0, 0.0, update_policy=True)
+        finals.append(torch.cat([p.detach().flatten() for p in m.policy.parameters()]))
+    start = torch.cat([p.detach().flatten() for p in models.policy.parameters()])
+    assert not torch.allclose(finals[0], start)
+    assert torch.allclose(finals[0], finals[1], atol=1e-6)
