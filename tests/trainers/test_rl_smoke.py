@@ -57,11 +57,12 @@ def test_every_algorithm_runs_three_steps(algo, tiny_dir, data_dir, tmp_path):
         assert (tmp_path / algo / "final" / "critic").is_dir()
 
 
-def test_cli_rl_runs(tiny_dir, data_dir, tmp_path):
+@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+def test_cli_rl_runs(algo, tiny_dir, data_dir, tmp_path):
     from rlhfkit.cli import main
 
     out = tmp_path / "cli"
-    code = main(["rl", "--algo", "grpo", "--policy", tiny_dir, "--prompts", str(data_dir / "prompts.jsonl"),
+    code = main(["rl", "--algo", algo, "--policy", tiny_dir, "--prompts", str(data_dir / "prompts.jsonl"),
                  "--reward-fn", f"{data_dir / 'reward.py'}:good_fraction", "--output", str(out), "--steps", "2",
                  "--prompts-per-step", "2", "--max-new-tokens", "4", "--device", "cpu"])
     assert code == 0
