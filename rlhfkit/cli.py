@@ -76,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlhfkit {args.command}: {err}", file=sys.stderr)
             return err.exit_code
         raise
-    if isinstance(result, dict) and "final" in result:
+    from rlhfkit.trainers.distributed import finish, world
+
+    if isinstance(result, dict) and "final" in result and world().main:
         print(f"rlhfkit {args.command}: done; model saved in {result['final']}")
+    finish()  # leave the process group of a torchrun launch (no-op otherwise)
     return 0
 
 

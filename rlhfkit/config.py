@@ -22,9 +22,10 @@ class ConfigError(ValueError):
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
-           choices: tuple | None = None):
-    """A dataclass field with its help text (and allowed values) for the CLI and docs."""
-    meta = {"help": help, "choices": choices}
+           choices: tuple | None = None, aliases: tuple[str, ...] = ()):
+    """A dataclass field with its help text (and allowed values) for the CLI and docs; `aliases`:
+    extra flag spellings (e.g. "--num-samples" for `n`, since torchrun reads `--n` as its own)."""
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -150,11 +151,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": name}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-"), *f.metadata.get("aliases", ())]
         if inner is bool:
-            parser.add_argument(flag, nargs="?", const="true", metavar="BOOL", **kwargs)
+            parser.add_argument(*flags, nargs="?", const="true", metavar="BOOL", **kwargs)
         else:
-            parser.add_argument(flag, metavar=name.upper(), **kwargs)
+            parser.add_argument(*flags, metavar=name.upper(), **kwargs)
 
 
 def config_from_args(cls, args: argparse.Namespace):

@@ -62,6 +62,8 @@ class GenerationResult:
     stopped: torch.Tensor  # (N,) bool, ended by a stop string (a subset of eos)
     prompts: list[str]  # N prompt texts (each repeated n times)
     responses: list[str]  # N response texts, without padding and EOS; ends with its stop string if stopped
+    logprobs: torch.Tensor | None = None  # (N, R) float32 log softmax(logits / T) of each sampled token, with
+    # return_logprobs; values after a response's end have no meaning
 
 
 @contextmanager
@@ -166,7 +168,8 @@ def _encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens):
 
 
 def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
-             add_special_tokens: bool | None = None, prompt_ids: list[list[int]] | None = None) -> GenerationResult:
+             add_special_tokens: bool | None = None, prompt_ids: list[list[int]] | None = None,
+             row_keys: torch.Tensor | None = None, return_logprobs: bool = False) -> GenerationResult:
     """Sample `settings.n` responses per prompt with HF `generate` (KV cache on).
 
     prompts: B texts (chat template already applied if any). prompt_ids: their token ids when
@@ -175,8 +178,14 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     puts BOS / role tokens in the text).
     Returns a `GenerationResult` of N = B * n rows. Sampling uses exactly softmax(logits / T)
     restricted by top-k / top-p; the model's saved generation config is ignored.
+    row_keys: (B * n,) int64, one per row: sample with `SeededSampling` instead (each row's tokens
+    then depend only on its key, not on the rest of the batch; see rlhfkit.rollout.seeded).
+    return_logprobs: also return each sampled token's log softmax(logits / settings.temperature), no
+    top-k / top-p restriction (as `response_logprobs`), from the decode steps' raw logits
+    (`output_logits`, held as (N, R, V) float32 until generate returns). In float32 they equal a full
+    forward's to ~2e-6 (measured; the KV-cached decode sums in another order); in bf16 they do not.
     """
-    from transformers import GenerationConfig, StoppingCriteriaList
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings")
@@ -191,15 +200,28 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     n_rows, prompt_length = prompt_ids.shape
     eos_ids = eos_token_ids(model, tokenizer)
 
+    seeded = row_keys is not None and settings.do_sample
+    processors = []
+    if seeded:
+        if len(row_keys) != n_rows:
+            raise ValueError(f"{len(row_keys)} row_keys for {n_rows} rows (prompts x n); give one key per row")
+        from rlhfkit.rollout.seeded import SeededSampling
+        # Greedy over keyed Gumbel-perturbed logits = a sample that depends only on the row's key.
+        processors.append(SeededSampling(row_keys.to(device), prompt_length, settings.temperature, settings.top_k,
+                                         settings.top_p))
     sampling = dict(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k) \
-        if settings.do_sample else {}
-    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                              eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+        if settings.do_sample and not seeded else {}
+    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample and not seeded,
+                              eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling,
+                              **(dict(output_logits=True, return_dict_in_generate=True) if return_logprobs else {}))
     stop = _stop_string_criteria(tokenizer, settings.stop_strings, prompt_length, n_rows) \
         if settings.stop_strings else None
     with torch.no_grad(), eval_mode(model), _plain_generation_config(model):
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                             stopping_criteria=StoppingCriteriaList([stop] if stop else []))
+                             stopping_criteria=StoppingCriteriaList([stop] if stop else []),
+                             logits_processor=LogitsProcessorList(processors))
+    step_logits = out.logits if return_logprobs else None  # R tensors (N, V), before any logits processor
+    out = out.sequences if return_logprobs else out
     response_ids = out[:, prompt_length:]  # (N, R)
     width = response_ids.shape[1]
 
@@ -217,10 +239,16 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     response_mask = (columns[None, :] < length[:, None]).float()  # (N, R)
     response_ids = response_ids[:, :width].masked_fill(response_mask == 0, tokenizer.pad_token_id)
 
+    logprobs = None
+    if step_logits is not None:
+        # One (N, V) step at a time, no stacked copy; steps past `width` are never read.
+        logprobs = torch.stack([torch.log_softmax(step_logits[t].float() / settings.temperature, dim=-1)
+                                .gather(-1, response_ids[:, t, None]).squeeze(-1) for t in range(width)], dim=1)
+        del step_logits
     texts = tokenizer.batch_decode([row[:k].tolist() for row, k in zip(response_ids, length.tolist())],
                                    skip_special_tokens=True)
     texts = [_truncate_at_stop(t, settings.stop_strings) if s else t for t, s in zip(texts, stopped.tolist())]
     return GenerationResult(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
         response_mask=response_mask, eos=eos, stopped=stopped,
-        prompts=[p for p in prompts for _ in range(n)], responses=texts)
+        prompts=[p for p in prompts for _ in range(n)], responses=texts, logprobs=logprobs)

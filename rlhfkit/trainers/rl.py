@@ -19,11 +19,12 @@ import torch
 from rlhfkit.config import ConfigError, save_config
 from rlhfkit.trainers.algorithms import get_algorithm
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthMonitor
-from rlhfkit.trainers.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
-                                         save_checkpoint, set_rng_state)
-from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError, make_optimizer, make_scheduler, resolve_device, set_seed
+from rlhfkit.trainers.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint
+from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError, make_optimizer, make_scheduler, set_seed
+from rlhfkit.trainers.distributed import (NullLogger, any_rank, barrier, broadcast_parameters, init_distributed,
+                                          rank_rng_states, set_rank_rng_state)
 from rlhfkit.trainers.rl_config import RLConfig
-from rlhfkit.trainers.rl_update import UpdateBatch, _kl_estimator, _kl_in_loss, run_updates
+from rlhfkit.trainers.rl_update import Shard, UpdateBatch, _kl_estimator, _kl_in_loss, run_updates
 
 __all__ = ["RLConfig", "train_rl"]
 
@@ -144,7 +145,8 @@ def shape_rewards(cfg, spec, exp, kl_coef: float, moments, baseline, prm_logprob
     return batch, metrics
 
 
-def rollout_metrics(exp, gold=None) -> dict:
+def rollout_metrics(exp, gold_scores=None) -> dict:
+    """Score and length statistics of a batch; gold_scores (N,) from the task's gold reward, if any."""
     raw = exp.scores.float()
     lengths = exp.response_mask.sum(-1).float()
     out = {"reward/score_mean": float(raw.mean()), "reward/score_std": float(raw.std()) if raw.numel() > 1 else 0.0,
@@ -152,9 +154,36 @@ def rollout_metrics(exp, gold=None) -> dict:
            "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
            "response/eos_fraction": float(exp.eos.float().mean()),
            "response/truncated_fraction": 1.0 - float(exp.eos.float().mean())}
-    if gold is not None:
-        out["reward/gold_mean"] = float(gold(exp).float().mean())
+    if gold_scores is not None:
+        out["reward/gold_mean"] = float(gold_scores.float().mean())
     return out
+
+
+def global_view(w, exp, gold_scores=None):
+    """What the statistics of a step need from the whole batch, gathered from every rank in rank
+    order (the order of one process's batch): scores, masks, logprobs, values, (N, R_max) padded.
+    With one process, the experience itself."""
+    if not w.enabled:
+        return exp, gold_scores
+    from rlhfkit.trainers.distributed import gather_rows
+
+    view = SimpleNamespace(**{k: gather_rows(w, getattr(exp, k)) for k in (
+        "scores", "response_mask", "logprobs", "ref_logprobs", "values")})
+    view.eos = gather_rows(w, exp.eos)
+    view.group_size = exp.group_size
+    view.input_ids = view.attention_mask = view.position_ids = None  # the update reads the local ones
+    return view, gather_rows(w, gold_scores)
+
+
+def local_batch(batch, exp, offset: int):
+    """This rank's rows [offset, offset + n) of a batch shaped from the global view, cropped to the
+    local response length, with the local token ids."""
+    from rlhfkit.trainers.rl_update import UpdateBatch
+
+    n, R = exp.response_mask.shape
+    fields = {k: (v[offset:offset + n, :R] if torch.is_tensor(v) else v) for k, v in batch.__dict__.items()}
+    fields.update(input_ids=exp.input_ids, attention_mask=exp.attention_mask, position_ids=exp.position_ids)
+    return UpdateBatch(**fields)
 
 
 def update_prm(cfg, models, opt, exp, step: int) -> tuple[torch.Tensor, dict]:
@@ -177,12 +206,12 @@ def update_prm(cfg, models, opt, exp, step: int) -> tuple[torch.Tensor, dict]:
                    "prime/reward_mean": float(stats["reward_mean"])}
 
 
-def _ptx_stream(cfg, tokenizer, device):
+def _ptx_stream(cfg, tokenizer, device, rank: int = 0):
     from rlhfkit.data import collate_sft, load_sft, tokenize_sft
 
     examples, _ = tokenize_sft(load_sft(cfg.ptx_data), tokenizer, cfg.max_prompt_length + cfg.max_new_tokens)
     size = cfg.micro_batch_size or cfg.minibatch_size or cfg.prompts_per_step
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * rank)  # each rank its own demonstrations
     for _ in itertools.count():
         for idx in torch.randperm(len(examples), generator=gen).split(size):
             batch = collate_sft([examples[i] for i in idx.tolist()], tokenizer.pad_token_id)
@@ -196,12 +225,17 @@ def train_rl(cfg: RLConfig) -> dict:
     from rlhfkit.models import save_model
     from rlhfkit.reporting import MetricsLogger, progress
     from rlhfkit.rollout import GenerationSettings, make_experience
+    from rlhfkit.rollout.seeded import row_keys
 
     spec = get_algorithm(cfg.algo)
     out_dir = Path(cfg.output)
-    save_config(cfg, out_dir)
+    w, device = init_distributed(cfg.device)
+    _check_world(cfg, spec, w)
+    if w.main:
+        save_config(cfg, out_dir)
     set_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    from rlhfkit.trainers.common import configure_cpu_threads
+    configure_cpu_threads(device)  # 1 thread on a CPU already kept busy by other jobs (see its docstring)
     models = build_models(cfg, spec, device)
     rows, prompt_stats = tokenize_prompts(load_prompts(cfg.prompts, prompt_field=cfg.prompt_field), models.tokenizer,
                                           cfg.max_prompt_length, overlong=cfg.overlong)
@@ -217,9 +251,12 @@ def train_rl(cfg: RLConfig) -> dict:
     penalty_ctl = A.AdaptivePenaltyCoef(cfg.penalty_coef, cfg.penalty_target)
     moments = A.RunningMoments()
     baseline = A.MovingAverageBaseline(cfg.baseline_decay)
-    ptx = _ptx_stream(cfg, models.tokenizer, device) if cfg.ptx_coef > 0 else None
+    ptx = _ptx_stream(cfg, models.tokenizer, device, w.rank) if cfg.ptx_coef > 0 else None
     trained = {"policy": models.policy, **({"critic": models.critic} if models.critic is not None else {}),
                **({"prm": models.prm} if models.prm is not None else {})}
+    broadcast_parameters(w, trained.values())
+    if w.enabled:  # ranks sample different responses (unless seeded_sampling makes them row-keyed)
+        torch.manual_seed(cfg.seed + 1_000_003 * w.rank)
     # Dropout stays off for the whole run (eval mode also while training): the update's logprobs
     # must equal the rollout's at the first pass, or the PPO ratio is noise before any step.
     for m in trained.values():
@@ -232,49 +269,65 @@ def train_rl(cfg: RLConfig) -> dict:
     keep = 2 + (math.ceil(health.config.longest_window / cfg.save_every) if uses_rollback else 0)
 
     def checkpoint():
-        save_checkpoint(out_dir / "checkpoints", step, trained, _trainer_state(step, opt, stateful), keep_last=keep)
+        state = _trainer_state(step, opt, stateful, w)
+        if w.main:
+            save_checkpoint(out_dir / "checkpoints", step, trained, state, keep_last=keep)
+        barrier(w)
 
     step = 0
     if cfg.resume and (ckpt := latest_checkpoint(out_dir / "checkpoints")) is not None:
-        step = _restore(ckpt, trained, opt, stateful)
-        print(f"[rl] resumed from {ckpt} at step {step}")
+        step = _restore(ckpt, trained, opt, stateful, world=w)
+        if w.main:
+            print(f"[rl] resumed from {ckpt} at step {step}")
     if uses_rollback and latest_checkpoint(out_dir / "checkpoints") is None:
         checkpoint()  # the starting point is healthy by definition: always something to roll back to
 
-    logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=step)
-    logger.event(step, "start", f"{cfg.algo}: {spec.summary}; {len(rows)} prompts ({prompt_stats})")
-    bar = progress(cfg.steps, desc=f"rl {cfg.algo}")
+    new_logger = (lambda at: MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=at)) if w.main \
+        else (lambda at: NullLogger())
+    logger = new_logger(step)
+    ranks = f"; {w.size} ranks" if w.enabled else ""
+    logger.event(step, "start", f"{cfg.algo}: {spec.summary}; {len(rows)} prompts ({prompt_stats}){ranks}")
+    bar = progress(cfg.steps, desc=f"rl {cfg.algo}", quiet=None if w.main else True)
     bar.update(step)
     stop = StopFlag()
     metrics: dict = {}
     with stop.installed():
         while step < cfg.steps:
             t0 = time.perf_counter()
-            batch_rows = prompt_batch(rows, step, cfg.prompts_per_step, cfg.seed)
+            # This rank's share of the step's prompts: whole groups, so group statistics stay local.
+            lo, hi = w.share(cfg.prompts_per_step, "prompts per step")
+            batch_rows = prompt_batch(rows, step, cfg.prompts_per_step, cfg.seed)[lo:hi]
+            keys = row_keys(cfg.seed, step, torch.arange(lo * n, hi * n)) if cfg.seeded_sampling else None
             # 1-3. rollout: generate, policy / reference logprobs, values, scores
             exp = make_experience(models.policy, models.tokenizer, [r["prompt_text"] for r in batch_rows], settings,
                                   reference=models.reference, critic=models.critic, scorer=models.scorer,
                                   fields=prompt_fields(batch_rows), ref_context=models.ref_context,
                                   prompt_ids=[r["prompt_ids"] for r in batch_rows],
-                                  policy_logprobs=not single_pass)
+                                  policy_logprobs=not single_pass, row_keys=keys)
             t_rollout = time.perf_counter() - t0
-            metrics = rollout_metrics(exp, models.gold)
+            view, gold_scores = global_view(w, exp, models.gold(exp) if models.gold is not None else None)
+            metrics = rollout_metrics(view, gold_scores)
             prm_lp = None
             if models.prm is not None:
                 prm_lp, prm_stats = update_prm(cfg, models, opt, exp, step)
                 metrics.update(prm_stats)
             # 4. rewards, KL and advantages
-            batch, shaped = shape_rewards(cfg, spec, exp, kl_ctl.value, moments, baseline, prm_lp)
+            batch, shaped = shape_rewards(cfg, spec, view, kl_ctl.value, moments, baseline, prm_lp)
             metrics.update(shaped)
+            shard = None
+            if w.enabled:
+                shard = Shard(lo * n, batch.loss_mask, w)
+                batch = local_batch(batch, exp, lo * n)
             # 5-6. policy and critic updates (the critic alone during warm-up)
             t1 = time.perf_counter()
-            has_signal = bool(batch.loss_mask.sum() > 0)
+            has_signal = bool((batch.loss_mask if shard is None else shard.loss_mask).sum() > 0)
             if not has_signal:
                 logger.event(step + 1, "groups_all_dropped", "every group had equal scores; no update this step")
             try:
                 if has_signal:
                     metrics.update(run_updates(cfg, spec, step, batch, models, opt, kl_ctl.value, penalty_ctl.value,
-                                               update_policy=step >= cfg.critic_warmup_steps, ptx_stream=ptx))
+                                               update_policy=step >= cfg.critic_warmup_steps, ptx_stream=ptx,
+                                               shard=shard))
             except TrainingError as err:
                 logger.event(step + 1, "nonfinite", str(err))
                 logger.close()
@@ -283,9 +336,9 @@ def train_rl(cfg: RLConfig) -> dict:
             # 7. KL controllers
             metrics["kl/coef"] = kl_ctl.value
             metrics.setdefault("kl/mean", 0.0)  # no reference model, or no update this step
-            kl_ctl.update(metrics["kl/mean"], n_steps=exp.response_mask.shape[0])
+            kl_ctl.update(metrics["kl/mean"], n_steps=view.response_mask.shape[0])
             if spec.policy_loss == "penalty" and "policy/kl" in metrics:
-                penalty_ctl.update(metrics["policy/kl"], n_steps=exp.response_mask.shape[0])
+                penalty_ctl.update(metrics["policy/kl"], n_steps=view.response_mask.shape[0])
                 metrics["policy/penalty_coef"] = penalty_ctl.value
             step += 1
             # 8. log and checkpoint
@@ -296,28 +349,31 @@ def train_rl(cfg: RLConfig) -> dict:
             bar.update(1, score=metrics["reward/score_mean"], kl=metrics["kl/mean"])
             # Run health: named warnings, and the configured policy (warn, stop, roll back).
             warnings = health.update(step, metrics)
-            for w in warnings:
-                logger.event(w.step, w.detector, w.message, **w.event_data())
+            for warn in warnings:
+                logger.event(warn.step, warn.detector, warn.message, **warn.event_data())
             action = health.action(warnings)
             if action == "rollback":
                 target = health.rollback_step(warnings, [int(p.name.split("-")[1])
                                                          for p in list_checkpoints(out_dir / "checkpoints")])
                 if target is not None:
-                    _restore(out_dir / "checkpoints" / f"step-{target:06d}", trained, opt, stateful, skip=("health",))
+                    _restore(out_dir / "checkpoints" / f"step-{target:06d}", trained, opt, stateful, skip=("health",),
+                             world=w)
                     health.rolled_back(target)
-                    _after_rollback(cfg, opt, health.rollbacks, target)
+                    _after_rollback(cfg, opt, health.rollbacks, target + 7 * w.rank)
                     logger.close()
-                    logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=target)
+                    logger = new_logger(target)
                     logger.event(target, "rollback", f"rolled back from step {step} to the checkpoint of step "
-                                 f"{target} after {', '.join(w.detector for w in warnings)}; policy lr halved")
+                                 f"{target} after {', '.join(x.detector for x in warnings)}; policy lr halved")
                     step = target
                     continue
                 action = "stop"
             if action == "stop":
                 checkpoint()
                 logger.event(step, "stopped", f"stopped by the health monitor "
-                             f"({', '.join(w.detector for w in warnings)}); checkpoint of step {step} saved")
+                             f"({', '.join(x.detector for x in warnings)}); checkpoint of step {step} saved")
                 break
+            # A signal may reach one rank first: every rank checkpoints and stops at the same step.
+            stop.requested = any_rank(w, stop.requested)
             if (cfg.save_every and step % cfg.save_every == 0) or stop.requested:
                 checkpoint()
             if stop.requested:
@@ -326,10 +382,25 @@ def train_rl(cfg: RLConfig) -> dict:
                 raise RunInterrupted(stop.signal_name, step, out_dir)
     bar.close()
     logger.close()
-    final = Path(save_model(models.policy, models.tokenizer, out_dir / "final"))
-    if models.critic is not None:
-        models.critic.save_pretrained(final / "critic")
+    final = out_dir / "final"
+    if w.main:
+        final = Path(save_model(models.policy, models.tokenizer, final))
+        if models.critic is not None:
+            models.critic.save_pretrained(final / "critic")
+    barrier(w)
     return {"output": str(out_dir), "final": str(final), **metrics}
+
+
+def _check_world(cfg: RLConfig, spec, w) -> None:
+    """What a data-parallel run cannot do yet, said before any model is loaded."""
+    if not w.enabled:
+        return
+    if spec.policy_loss == "trpo" or spec.process_reward:
+        raise ConfigError(f"--algo {cfg.algo} runs on one process only for now (its step needs more than summed "
+                          f"gradients across ranks); launch it without torchrun")
+    if cfg.prompts_per_step % w.size:
+        raise ConfigError(f"prompts_per_step={cfg.prompts_per_step} cannot be split over {w.size} ranks; use a "
+                          f"multiple of {w.size}")
 
 
 def _single_pass(cfg: RLConfig, spec, batch: int) -> bool:
@@ -341,16 +412,18 @@ def _single_pass(cfg: RLConfig, spec, batch: int) -> bool:
             and not kl_in_reward and not spec.process_reward and cfg.critic_warmup_steps == 0)
 
 
-def _trainer_state(step: int, opt, stateful: dict) -> dict:
-    """Everything besides weights that a resume needs (weights_only-loadable)."""
-    return {"step": step, "rng": rng_state(), "sched_policy": opt.policy_sched.state_dict(),
+def _trainer_state(step: int, opt, stateful: dict, w=None) -> dict:
+    """Everything besides weights that a resume needs (weights_only-loadable); in a data-parallel run
+    (a collective: every rank calls it) also every rank's RNG state."""
+    return {"step": step, "rng": rng_state(), **rank_rng_states(w), "sched_policy": opt.policy_sched.state_dict(),
             **{f"opt_{k}": getattr(opt, k).state_dict() for k in ("policy", "critic", "prm") if getattr(opt, k) is not None},
             **{k: v.state_dict() for k, v in stateful.items()}}
 
 
-def _restore(ckpt, trained: dict, opt, stateful: dict, skip=()) -> int:
+def _restore(ckpt, trained: dict, opt, stateful: dict, skip=(), world=None) -> int:
     """Load checkpoint `ckpt` into models, optimizers and stateful objects; returns its step."""
     state = load_checkpoint(ckpt, trained)
+    set_rank_rng_state(state, world, ckpt)
     for name in ("policy", "critic", "prm"):
         if getattr(opt, name) is not None:
             getattr(opt, name).load_state_dict(state[f"opt_{name}"])
@@ -358,7 +431,6 @@ def _restore(ckpt, trained: dict, opt, stateful: dict, skip=()) -> int:
     for name, obj in stateful.items():
         if name not in skip and name in state:  # a checkpoint older than a component keeps its fresh state
             obj.load_state_dict(state[name])
-    set_rng_state(state["rng"])
     return int(state["step"])
 
 

@@ -47,7 +47,8 @@ class RLConfig(HealthOptions):
     # --- rollout
     prompts_per_step: int = option(8, "prompts sampled per RL step")
     n: int | None = option(None, "responses per prompt, in consecutive groups (default: the algorithm's; "
-                                 "1 for ppo/reinforce, 4 for group methods)")
+                                 "1 for ppo/reinforce, 4 for group methods); under torchrun spell it "
+                                 "--num-samples", aliases=("--num-samples",))
     max_prompt_length: int = option(256, "longer prompts are truncated from the left or dropped (see overlong)")
     overlong: str = option("truncate", "over-long prompts: truncate or drop (counted)", choices=("truncate", "drop"))
     max_new_tokens: int = option(64, "response length limit")
@@ -55,6 +56,8 @@ class RLConfig(HealthOptions):
     top_p: float = option(1.0, "nucleus sampling")
     top_k: int = option(0, "top-k sampling (0 = off)")
     stop_strings: tuple[str, ...] = option((), "extra strings that end a response")
+    seeded_sampling: bool = option(False, "sample each response from its own key (seed, step, row): the same "
+                                          "samples whatever the batch split or number of ranks (docs/distributed.md)")
     # --- optimisation
     steps: int = option(100, "RL steps (rollout + update)")
     ppo_epochs: int = option(1, "passes over each batch of experience")

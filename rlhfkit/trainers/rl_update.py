@@ -127,14 +127,15 @@ def optimizer_step(step: int, what: str, params, optimizer, scheduler, max_grad_
     A non-finite gradient raises TrainingError before anything is applied (the caller decides
     whether that stops the run or skips the minibatch).
     """
-    norm = grad_norm(params)
+    clip = bool(max_grad_norm and max_grad_norm > 0)
+    # clip_grad_norm_ returns the pre-clip norm: one pass over the gradients instead of two. A
+    # non-finite norm scales the gradients to NaN, but they are zeroed below before any step.
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if clip else grad_norm(params)
     try:
         check_finite(step, **{f"{what} gradient norm": norm})
     except TrainingError:
         optimizer.zero_grad(set_to_none=True)
         raise
-    if max_grad_norm and max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
@@ -142,10 +143,32 @@ def optimizer_step(step: int, what: str, params, optimizer, scheduler, max_grad_
     return float(norm)
 
 
+@dataclass
+class Shard:
+    """Where a rank's rows sit in the global batch of a data-parallel step.
+
+    The rank holds global rows [offset, offset + n); `loss_mask` (N, R_max) is the global batch's,
+    so every rank forms the same minibatches and divides by the same normalizers.
+    """
+
+    offset: int
+    loss_mask: torch.Tensor  # (N, R_max)
+    world: object = None  # rlhfkit.trainers.distributed.World
+
+
 def run_updates(cfg, spec, step: int, batch: UpdateBatch, models, opt, kl_coef: float, penalty_coef: float,
-                update_policy: bool, ptx_stream=None) -> dict:
-    """ppo_epochs x minibatches x micro-batches of policy (and critic) updates; returns mean stats."""
-    n = batch.input_ids.shape[0]
+                update_policy: bool, ptx_stream=None, shard: Shard | None = None) -> dict:
+    """ppo_epochs x minibatches x micro-batches of policy (and critic) updates; returns mean stats.
+
+    shard: in a data-parallel run, this rank's place in the global batch; the minibatches are
+    drawn from the global rows (the same order as one process would use), each rank
+    back-propagates the rows it holds, and gradients are summed over ranks.
+    """
+    from rlhfkit.trainers.distributed import World
+
+    local_n = batch.input_ids.shape[0]
+    shard = shard or Shard(0, batch.loss_mask, World())
+    n = shard.loss_mask.shape[0]
     mb_size = cfg.minibatch_size or n
     micro = cfg.micro_batch_size or mb_size
     acc = Accumulator()
@@ -153,10 +176,13 @@ def run_updates(cfg, spec, step: int, batch: UpdateBatch, models, opt, kl_coef: 
     for _ in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=gen) if mb_size < n else torch.arange(n)
         for start in range(0, n, mb_size):
-            minibatch = batch.take(order[start:start + mb_size])
+            rows = order[start:start + mb_size]  # global row indices
+            mine = rows[(rows >= shard.offset) & (rows < shard.offset + local_n)] - shard.offset
+            minibatch = batch.take(mine)
             try:
                 sums = _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_coef,
-                                         update_policy, ptx_stream, acc, micro)
+                                         update_policy, ptx_stream, acc, micro,
+                                         global_mask=shard.loss_mask[rows], world=shard.world)
             except TrainingError:
                 if cfg.on_nonfinite != "skip":
                     raise
@@ -166,16 +192,29 @@ def run_updates(cfg, spec, step: int, batch: UpdateBatch, models, opt, kl_coef: 
                 acc.add({"train/skipped_minibatches": 1.0}, 1.0)
                 continue
             acc.add(sums, 1.0)  # minibatch totals, averaged over minibatches and epochs
+    if shard.world.enabled:
+        # Token-weighted means merge exactly by summing sums and weights over ranks; minibatch
+        # totals are already equal on every rank, and summing both sides leaves their mean as is.
+        from rlhfkit.trainers.distributed import sum_dict
+        acc.sums, acc.weights = sum_dict(shard.world, acc.sums), sum_dict(shard.world, acc.weights)
     return acc.means()
 
 
 def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_coef, update_policy, ptx_stream,
-                      acc, micro) -> dict:
-    """Accumulate the micro-batches' gradients of one minibatch, then step each optimizer."""
+                      acc, micro, global_mask=None, world=None) -> dict:
+    """Accumulate the micro-batches' gradients of one minibatch, then step each optimizer.
+
+    global_mask: (M, R) loss mask of the whole minibatch across ranks (default: this one's), from
+    which the normalizers come; world: the process group whose gradients and sums are added up.
+    """
+    from rlhfkit.trainers.distributed import World, all_reduce_grads, sum_dict
+
+    world = world or World()
+    global_mask = minibatch.loss_mask if global_mask is None else global_mask
     mb_size = minibatch.input_ids.shape[0]
-    norm = _normalizer(minibatch.loss_mask, cfg.loss_agg)
-    vnorm = _normalizer(minibatch.loss_mask, "token-mean")
-    seqs = float(minibatch.input_ids.shape[0])
+    norm = _normalizer(global_mask, cfg.loss_agg)
+    vnorm = _normalizer(global_mask, "token-mean")
+    seqs = float(global_mask.shape[0])
     sums: dict = {}
     trpo = update_policy and spec.policy_loss == "trpo"
     if trpo:
@@ -186,22 +225,27 @@ def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_
         weight = float(mb.loss_mask.sum())
         if update_policy:
             loss, psums, means = policy_loss_micro(cfg, spec, models.policy, mb, norm, kl_coef, penalty_coef, seqs)
-            check_finite(step, **{"policy loss": loss})
+            if not world.enabled:  # across ranks a NaN reaches every rank through the summed gradient
+                check_finite(step, **{"policy loss": loss})
             loss.backward()
             _add(sums, psums)
             acc.add(means, weight)
         if models.critic is not None:
             vloss, vsums, vmeans = value_loss_micro(cfg, models.critic, mb, vnorm)
-            check_finite(step, **{"value loss": vloss})
+            if not world.enabled:
+                check_finite(step, **{"value loss": vloss})
             vloss.backward()
             _add(sums, vsums)
             acc.add(vmeans, weight)
     if update_policy and ptx_stream is not None:
-        _add(sums, ptx_backward(cfg, models.policy, ptx_stream))
+        _add(sums, ptx_backward(cfg, models.policy, ptx_stream, world.size))
+    sums = sum_dict(world, sums)
     if update_policy and opt.policy is not None:
+        all_reduce_grads(world, opt.policy_params)
         sums["grad/norm"] = optimizer_step(step, "policy", opt.policy_params, opt.policy, opt.policy_sched,
                                            cfg.max_grad_norm)
     if models.critic is not None:
+        all_reduce_grads(world, opt.critic_params)
         sums["grad/critic_norm"] = optimizer_step(step, "critic", opt.critic_params, opt.critic, None,
                                                   cfg.max_grad_norm)
     return sums
@@ -212,15 +256,18 @@ def _add(into: dict, new: dict) -> None:
         into[k] = into.get(k, 0.0) + v
 
 
-def ptx_backward(cfg, policy, ptx_stream) -> dict:
-    """PPO-ptx (InstructGPT): ptx_coef x SFT loss on a demonstration micro-batch, accumulated."""
+def ptx_backward(cfg, policy, ptx_stream, ranks: int = 1) -> dict:
+    """PPO-ptx (InstructGPT): ptx_coef x SFT loss on a demonstration micro-batch, accumulated.
+
+    ranks: the data-parallel world size; each rank draws its own micro-batch and the summed
+    gradient is their mean, like one batch `ranks` times larger."""
     from rlhfkit.trainers.sft import sft_token_loss
 
     batch = next(ptx_stream)
     tokens = float(batch["loss_mask"][:, 1:].sum().clamp(min=1.0))
     loss, stats = sft_token_loss(policy, batch, tokens)
-    (cfg.ptx_coef * loss).backward()
-    return {"loss/sft": stats["loss"]}
+    (cfg.ptx_coef * loss / ranks).backward()
+    return {"loss/sft": stats["loss"] / ranks}
 
 
 def trpo_policy_update(cfg, policy, minibatch: UpdateBatch, micro: int) -> dict:

@@ -96,12 +96,14 @@ def train_rm(cfg: RMConfig) -> dict:
     """Train the reward model end to end; returns {"output", "final", eval metrics}."""
     from rlhfkit.data import collate_preferences, load_preferences, split_train_eval, tokenize_preferences
     from rlhfkit.models import load_critic, load_tokenizer
-    from rlhfkit.trainers.common import resolve_device, set_seed
+    from rlhfkit.trainers.common import set_seed
+    from rlhfkit.trainers.distributed import barrier, init_distributed
 
     out_dir = Path(cfg.output)
-    save_config(cfg, out_dir)
+    w, device = init_distributed(cfg.device)
+    if w.main:
+        save_config(cfg, out_dir)
     set_seed(cfg.seed)
-    device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     # A scalar head on the backbone, zero-initialised: every pair starts at loss log 2.
     model = load_critic(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
@@ -122,13 +124,16 @@ def train_rm(cfg: RMConfig) -> dict:
     stage = SupervisedStage(collate=collate, loss=PairLoss(cfg.use_margin, cfg.lm_coef), count=lambda e: 1,
                             evaluate=lambda: evaluate_pairs(model, evals, collate, eval_bs, cfg.use_margin))
     trainable = torch.nn.ModuleDict({"model": model, **({"lm_head": lm_head} if lm_head is not None else {})})
-    print(f"[rm] {len(train)} training pairs ({stats}), {len(evals)} eval pairs")
+    if w.main:
+        print(f"[rm] {len(train)} training pairs ({stats}), {len(evals)} eval pairs")
     metrics = run_supervised(cfg, trainable, train, stage, out_dir)
     # Score statistics on the eval set travel with the model so RL can normalize rewards.
     model.reward_mean = metrics.get("eval/score_mean", 0.0)
     model.reward_std = metrics.get("eval/score_std", 1.0)
     final = out_dir / "final"
-    model.save_pretrained(final, tokenizer=tokenizer)
+    if w.main:
+        model.save_pretrained(final, tokenizer=tokenizer)
+    barrier(w)
     return {"output": str(out_dir), "final": str(final), **metrics, **{f"data/{k}": v for k, v in stats.items()}}
 
 

@@ -65,12 +65,14 @@ def train_sft(cfg: SFTConfig) -> dict:
     """Run SFT end to end; returns {"output", "final", eval metrics, data counts}."""
     from rlhfkit.data import collate_sft, load_sft, pack_sft, split_train_eval, tokenize_sft
     from rlhfkit.models import load_causal_lm, load_tokenizer, save_model
-    from rlhfkit.trainers.common import resolve_device, set_seed
+    from rlhfkit.trainers.common import set_seed
+    from rlhfkit.trainers.distributed import barrier, init_distributed
 
     out_dir = Path(cfg.output)
-    save_config(cfg, out_dir)
+    w, device = init_distributed(cfg.device)
+    if w.main:
+        save_config(cfg, out_dir)
     set_seed(cfg.seed)
-    device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     if cfg.lora_r:
@@ -94,9 +96,11 @@ def train_sft(cfg: SFTConfig) -> dict:
     stage = SupervisedStage(
         collate=collate, loss=sft_token_loss, count=_count_tokens,
         evaluate=lambda: eval_loss(model, evals, lambda ex: collate_sft(ex, pad_id), cfg.micro_batch_size or cfg.batch_size))
-    print(f"[sft] {len(train)} training rows ({train_stats}), {len(evals)} eval rows")
+    if w.main:
+        print(f"[sft] {len(train)} training rows ({train_stats}), {len(evals)} eval rows")
     metrics = run_supervised(cfg, model, train, stage, out_dir)
-    final = save_model(model, tokenizer, out_dir / "final")
+    final = save_model(model, tokenizer, out_dir / "final") if w.main else out_dir / "final"
+    barrier(w)
     return {"output": str(out_dir), "final": str(final), **metrics, **{f"data/{k}": v for k, v in train_stats.items()}}
 
 

@@ -16,7 +16,7 @@ import torch
 
 from rlhfkit.config import ConfigError, option
 
-from rlhfkit.trainers.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhfkit.trainers.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from rlhfkit.trainers.common import (RunInterrupted, StopFlag, TrainingError, check_finite, grad_norm, make_optimizer,
                                      make_scheduler)
 
@@ -86,7 +86,12 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
     max_grad_norm, seed, log_every, eval_every, save_every, resume, on_nonfinite.
     """
     from rlhfkit.reporting import MetricsLogger, progress
+    from rlhfkit.trainers import distributed as D
 
+    w = D.world()
+    if cfg.batch_size % w.size:
+        raise ConfigError(f"batch_size={cfg.batch_size} cannot be split over {w.size} ranks; use a multiple of {w.size}")
+    D.broadcast_parameters(w, [model])
     device = next(model.parameters()).device
     steps_per_epoch = max(1, len(examples) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -100,18 +105,20 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
         state = load_checkpoint(ckpt, {"model": model})
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        D.set_rank_rng_state(state, w, ckpt)
         step = int(state["step"])
-    logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=step)
+    logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=step) if w.main else D.NullLogger()
 
     def checkpoint():
-        save_checkpoint(ckpt_root, step, {"model": model}, {
-            "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state()})
+        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_state(), **D.rank_rng_states(w)}
+        if w.main:
+            save_checkpoint(ckpt_root, step, {"model": model}, state)
+        D.barrier(w)
 
     eval_metrics: dict = {}
     stop = StopFlag()
-    bar = progress(total_steps, desc=out_dir.name)
+    bar = progress(total_steps, desc=out_dir.name, quiet=None if w.main else True)
     bar.update(step)
     with stop.installed():
         while step < total_steps:
@@ -122,7 +129,11 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
             batch = [examples[i] for i in batch_ids]
             t0 = time.perf_counter()
             model.train()
+            # The normalizer counts the whole global batch; each rank back-propagates its share of it
+            # and the gradients are summed over ranks: the single-process gradient (distributed.py).
             normalizer = float(sum(stage.count(e) for e in batch))
+            lo, hi = (len(batch) * w.rank // w.size, len(batch) * (w.rank + 1) // w.size)
+            batch = batch[lo:hi]
             totals: dict[str, float] = {}
             for start in range(0, len(batch), micro):
                 mb = {k: v.to(device) if torch.is_tensor(v) else v
@@ -131,6 +142,8 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
                 loss.backward()
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v)
+            totals = D.sum_dict(w, totals)
+            D.all_reduce_grads(w, params)
             norm = grad_norm(params)
             try:
                 check_finite(step, **{"loss": totals.get("loss", 0.0), "gradient norm": norm})
@@ -150,12 +163,13 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
             metrics.update({"grad/norm": float(norm), "lr": scheduler.get_last_lr()[0],
                             "time/step_s": time.perf_counter() - t0})
             evaluated = (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps
-            if evaluated:
+            if evaluated and w.main:  # the weights are the same on every rank: rank 0 evaluates
                 eval_metrics = stage.evaluate()
                 metrics.update(eval_metrics)
             if evaluated or step % cfg.log_every == 0:
                 logger.log(step, metrics)
             bar.update(1, loss=totals.get("loss", float("nan")))
+            stop.requested = D.any_rank(w, stop.requested)
             if cfg.save_every and step % cfg.save_every == 0:
                 checkpoint()
             if stop.requested:

@@ -1,0 +1,228 @@
+"""Data parallelism on torch.distributed: the few collectives the trainers need.
+
+Launched by `torchrun --nproc_per_node N -m rlhfkit rl ...` (or `accelerate launch`), every rank
+runs the same loop on its share of each global batch. The design rule: whatever the update
+needs from the whole batch (loss normalizers, advantage statistics, reward moments, the
+minibatch order) is computed from the *global* batch on every rank, each rank back-propagates
+its own rows with those global normalizers, and the gradients are summed across ranks; so
+the update equals the single-process update on the same global batch (tested).
+
+Why summed by hand rather than `DistributedDataParallel`: a shuffled global minibatch gives the
+ranks unequal (even empty) shares, and DDP's hooks need every rank to run the same backward
+calls; one coalesced all-reduce of the accumulated gradients per optimizer step is what DDP
+does, without that constraint. Parameters are broadcast from rank 0 at start, as DDP does.
+With one process every function here is a no-op, so single-device runs pay nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run: rank in [0, size), and its device index on the node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0 writes logs, reports, checkpoints and the final model."""
+        return self.rank == 0
+
+    def share(self, total: int, what: str = "rows") -> tuple[int, int]:
+        """[start, end) of this rank's contiguous share of `total` items; total must divide evenly."""
+        if total % self.size:
+            raise ValueError(f"{total} {what} cannot be split evenly over {self.size} ranks; "
+                             f"use a multiple of {self.size}")
+        per = total // self.size
+        return self.rank * per, (self.rank + 1) * per
+
+
+def world() -> World:
+    """The current process group as a `World` (World() when torch.distributed is not initialized)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def init_distributed(device: str = "auto") -> tuple[World, torch.device]:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); pick this rank's device.
+
+    The backend follows the device: NCCL on CUDA, gloo on CPU. device "auto" (or "cuda") gives
+    rank r the GPU LOCAL_RANK. A single process returns (World(), the device as given).
+    """
+    import torch.distributed as dist
+
+    from rlhfkit.trainers.common import resolve_device
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    target = resolve_device(device)
+    if size <= 1:
+        return World(), target
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if target.type == "cuda":
+        target = torch.device("cuda", local_rank if target.index is None else target.index)
+        torch.cuda.set_device(target)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
+    return world(), target
+
+
+def finish() -> None:
+    """Leave the process group (at the end of a CLI command)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier(w: World) -> None:
+    if w.enabled:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def broadcast_parameters(w: World, modules) -> None:
+    """Rank 0's parameters and buffers to every rank (a freshly initialized head may differ)."""
+    if not w.enabled:
+        return
+    import torch.distributed as dist
+
+    for module in modules:
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def all_reduce_grads(w: World, params) -> None:
+    """Sum the accumulated gradients of `params` over ranks, in one coalesced all-reduce.
+
+    A parameter without a gradient on some rank (its share of the minibatch was empty) gets
+    zeros there; one without a gradient on every rank keeps None, as in a single process (so
+    AdamW leaves it alone on every rank alike).
+    """
+    if not w.enabled:
+        return
+    import torch.distributed as dist
+
+    params = list(params)
+    if not params:
+        return
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    dist.all_reduce(has, op=dist.ReduceOp.MAX)
+    live = [p for p, h in zip(params, has.tolist()) if h > 0]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not live:
+        return
+    flat = torch.cat([p.grad.reshape(-1).float() for p in live])
+    dist.all_reduce(flat)
+    offset = 0
+    for p in live:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def sum_dict(w: World, values: dict) -> dict:
+    """{name: float} summed over ranks (the union of the names; a missing name counts 0)."""
+    if not w.enabled:
+        return values
+    import torch.distributed as dist
+
+    gathered = [None] * w.size
+    dist.all_gather_object(gathered, {k: float(v) for k, v in values.items()})
+    out: dict = {}
+    for part in gathered:
+        for k, v in part.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+def any_rank(w: World, flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (e.g. a stop signal seen by one rank)."""
+    if not w.enabled:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def gather_rows(w: World, x: torch.Tensor | None, pad_value=0) -> torch.Tensor | None:
+    """Concatenate every rank's rows in rank order: (n, ...) per rank -> (size * n, ...).
+
+    Rows have the same count on every rank; a second dimension (the response length) may
+    differ and is right-padded with `pad_value` to the longest. None stays None.
+    """
+    if not w.enabled or x is None:
+        return x
+    import torch.distributed as dist
+
+    if x.dtype == torch.bool:  # gloo has no bool collectives
+        return gather_rows(w, x.to(torch.uint8), int(pad_value)).bool()
+
+    if x.dim() >= 2:
+        width = torch.tensor([x.shape[1]], device=x.device)
+        dist.all_reduce(width, op=dist.ReduceOp.MAX)
+        pad = int(width.item()) - x.shape[1]
+        if pad:
+            x = torch.cat([x, x.new_full((x.shape[0], pad, *x.shape[2:]), pad_value)], dim=1)
+    parts = [torch.empty_like(x) for _ in range(w.size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def rank_rng_states(w: World | None) -> dict:
+    """{"rng_ranks": [every rank's RNG state]} for a checkpoint (a collective); {} in one process."""
+    from rlhfkit.trainers.checkpoint import rng_state
+
+    if w is None or not w.enabled:
+        return {}
+    import torch.distributed as dist
+
+    states = [None] * w.size
+    dist.all_gather_object(states, rng_state())
+    return {"rng_ranks": states}
+
+
+def set_rank_rng_state(state: dict, w: World | None, where) -> None:
+    """Restore this rank's RNG from a checkpoint's trainer state; the world size must match."""
+    from rlhfkit.trainers.checkpoint import set_rng_state
+    from rlhfkit.trainers.common import TrainingError
+
+    size, rank = (w.size, w.rank) if w is not None else (1, 0)
+    ranks = state.get("rng_ranks")
+    written = len(ranks) if ranks is not None else 1
+    if written != size:
+        raise TrainingError(f"{where} was written by a run of {written} process(es) and this run has {size}; "
+                            f"resume with the same number of processes (torchrun --nproc_per_node {written})")
+    set_rng_state(ranks[rank] if ranks is not None else state["rng"])
+
+
+class NullLogger:
+    """The metrics logger of ranks other than 0: accepts everything, writes nothing."""
+
+    def log(self, *args, **kwargs):
+        pass
+
+    def event(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
