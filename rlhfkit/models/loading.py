@@ -26,6 +26,25 @@ def resolve_dtype(dtype):
     return DTYPES[dtype]
 
 
+@contextmanager
+def loading(name_or_path, what: str = "model"):
+    """Turn transformers' OSError for a missing folder / unreachable hub name into a ConfigError
+    that names the path and says what to do (no traceback through the hub client)."""
+    from rlhfkit.config import ConfigError
+
+    try:
+        yield
+    except (OSError, ValueError) as err:  # ValueError: a folder without a usable tokenizer file
+        if Path(str(name_or_path)).exists():
+            hint = "the folder exists but holds no loadable checkpoint (config.json and weights, as written by " \
+                   "save_pretrained or rlhfkit)"
+        else:
+            hint = "no such local folder, and as a hub name it could not be fetched (offline, a typo, or a " \
+                   "private model without a token)"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{name_or_path}: cannot load the {what}: {hint}. ({first})") from None
+
+
 def load_tokenizer(name_or_path, trust_remote_code: bool = False):
     """`AutoTokenizer` with left padding (for generation) and a pad token.
 
@@ -34,7 +53,8 @@ def load_tokenizer(name_or_path, trust_remote_code: bool = False):
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    with loading(name_or_path, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         for name in ("eos_token", "unk_token", "bos_token"):
@@ -51,8 +71,9 @@ def load_causal_lm(name_or_path, dtype="float32", device="cpu", trust_remote_cod
     """`AutoModelForCausalLM` in `dtype` on `device` (eval mode, as `from_pretrained` returns it)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype),
-                                                 trust_remote_code=trust_remote_code)
+    with loading(name_or_path):
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=resolve_dtype(dtype),
+                                                     trust_remote_code=trust_remote_code)
     return model.to(device)
 
 

@@ -143,9 +143,10 @@ def _load(path, dtype, device, trust_remote_code):
     from transformers import AutoConfig, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    from rlhfkit.models.loading import resolve_dtype
+    from rlhfkit.models.loading import loading, resolve_dtype
 
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    with loading(path):
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     if is_classifier and config.num_labels != 1:
         raise ValueError(f"{path}: a sequence-classification checkpoint with num_labels={config.num_labels}; "

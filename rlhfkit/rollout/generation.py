@@ -167,6 +167,14 @@ def _encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens):
     return left_pad(prompt_ids, tokenizer.pad_token_id)
 
 
+def _sharded(model) -> bool:
+    """FSDP-sharded weights: every rank must run the same decode steps (each gathers the weights),
+    so generation continues until the last rank's responses are done (`synced_gpus`)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
              add_special_tokens: bool | None = None, prompt_ids: list[list[int]] | None = None,
              row_keys: torch.Tensor | None = None, return_logprobs: bool = False) -> GenerationResult:
@@ -219,7 +227,7 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     with torch.no_grad(), eval_mode(model), _plain_generation_config(model):
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
                              stopping_criteria=StoppingCriteriaList([stop] if stop else []),
-                             logits_processor=LogitsProcessorList(processors))
+                             logits_processor=LogitsProcessorList(processors), synced_gpus=_sharded(model))
     step_logits = out.logits if return_logprobs else None  # R tensors (N, V), before any logits processor
     out = out.sequences if return_logprobs else out
     response_ids = out[:, prompt_length:]  # (N, R)

@@ -45,10 +45,11 @@ def _to_tuples(x):
 def save_checkpoint(root: str | os.PathLike, step: int, models: dict, state: dict, keep_last: int = 2) -> Path:
     """Write models' weights and the trainer `state` as checkpoint `step`, atomically.
 
-    models: name -> nn.Module (saved as NAME.safetensors); state: tensors, numbers, lists, dicts.
+    models: name -> nn.Module, or its (unsharded) state dict, saved as NAME.safetensors; state:
+    tensors, numbers, lists, dicts.
     Keeps the newest `keep_last` complete checkpoints.
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,10 @@ def save_checkpoint(root: str | os.PathLike, step: int, models: dict, state: dic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for name, model in models.items():
-        save_model(model, str(tmp / f"{name}.safetensors"))
+        if isinstance(model, dict):  # tied weights may share storage: one copy each
+            save_file({k: v.detach().contiguous().clone() for k, v in model.items()}, str(tmp / f"{name}.safetensors"))
+        else:
+            save_model(model, str(tmp / f"{name}.safetensors"))
     torch.save(state, tmp / "trainer_state.pt")
     (tmp / _MARKER).write_text(str(step))
     if final.exists():
@@ -84,12 +88,17 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 def load_checkpoint(path: str | os.PathLike, models: dict) -> dict:
     """Load weights into `models` (name -> module) and return the trainer state."""
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
+
+    from rlhfkit.trainers.distributed import is_sharded, load_full_state_dict
 
     path = Path(path)
     for name, model in models.items():
         file = path / f"{name}.safetensors"
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {file.name}; was it written by a run with other models?")
-        load_model(model, str(file), device=str(next(model.parameters()).device))
+        if is_sharded(model):  # FSDP: every rank reads the whole file and keeps its shards
+            load_full_state_dict(model, load_file(str(file)))
+        else:
+            load_model(model, str(file), device=str(next(model.parameters()).device))
     return torch.load(path / "trainer_state.pt", weights_only=True)

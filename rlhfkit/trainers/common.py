@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 from contextlib import contextmanager
@@ -36,12 +37,43 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def configure_cpu_threads(device: torch.device) -> int:
+    """One intra-op thread on a CPU that other jobs already keep busy; returns the thread count in use.
+
+    torch starts one thread per core. When other processes hold the cores (1-minute load average
+    >= cores), every parallel region waits for a sibling thread the OS has descheduled: measured on
+    2 shared cores at load 5-10, HF generate of a 1 M-parameter model took 5-23 s with 2 threads and
+    0.6-1.2 s with 1 (42 M parameters: 18-25 s against 2.4-4.5 s). OMP_NUM_THREADS, or a count
+    already lowered with torch.set_num_threads, is left as it is; so is any device but the CPU.
+    """
+    cores = os.cpu_count() or 1
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ or torch.get_num_threads() < cores:
+        return torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return torch.get_num_threads()
+    if cores > 1 and load >= cores:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
 def make_optimizer(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
-    """AdamW over the trainable parameters (foreach kernels: one launch per group, not per tensor)."""
+    """AdamW over the trainable parameters, with the fused kernel where torch has one for them.
+
+    torch picks a multi-tensor kernel by default only on CUDA; on CPU the default is a Python loop
+    over the tensors. `fused=True` (CPU and CUDA, torch >= 2.4) updates each tensor in one kernel:
+    measured 2.4x faster on CPU (clip + step of a 42 M-parameter model: 299 -> 126 ms). Where it is
+    not supported (older torch, other devices, mixed devices) the default implementation is used.
+    """
     params = [p for p in params if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters (is everything frozen?)")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+    kwargs = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # unsupported device / dtype, or a torch without `fused`
+        return torch.optim.AdamW(params, **kwargs)
 
 
 def make_scheduler(optimizer, total_steps: int, warmup_steps: int = 0, kind: str = "constant"):
@@ -69,11 +101,33 @@ def check_finite(step: int, **quantities) -> None:
 
 
 def grad_norm(params) -> torch.Tensor:
-    """Global L2 norm of the gradients (without clipping)."""
+    """Global L2 norm of the gradients (without clipping); FSDP-sharded gradients count whole."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    norms = [torch.linalg.vector_norm(g.float()) for g in grads]
+    norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]  # DTensor: sum over shards
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def clip_gradients(params, max_norm: float) -> torch.Tensor:
+    """Scale the gradients to global norm <= max_norm (0: no clipping); returns the pre-clip norm.
+
+    `clip_grad_norm_` does it in one pass over the gradients; with FSDP-sharded parameters (mixed,
+    as in a reward model with a replicated LM head) the norm is gathered here instead.
+    """
+    from torch.distributed.tensor import DTensor
+
+    params = list(params)
+    clip = bool(max_norm and max_norm > 0)
+    if clip and not any(isinstance(p, DTensor) for p in params):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    norm = grad_norm(params)
+    if clip and torch.isfinite(norm) and float(norm) > max_norm:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(max_norm / (float(norm) + 1e-6))
+    return norm
 
 
 class StopFlag:

@@ -106,8 +106,11 @@ def broadcast_parameters(w: World, modules) -> None:
             dist.broadcast(t.data, src=0)
 
 
-def all_reduce_grads(w: World, params) -> None:
+def all_reduce_grads(w: World, params, loss_scale: float = 1.0) -> None:
     """Sum the accumulated gradients of `params` over ranks, in one coalesced all-reduce.
+
+    FSDP-sharded parameters are skipped (FSDP reduced them in backward); loss_scale: the factor
+    the loss was multiplied by for them (see `loss_scale`), divided out of the others.
 
     A parameter without a gradient on some rank (its share of the minibatch was empty) gets
     zeros there; one without a gradient on every rank keeps None, as in a single process (so
@@ -117,7 +120,9 @@ def all_reduce_grads(w: World, params) -> None:
         return
     import torch.distributed as dist
 
-    params = list(params)
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in params if not isinstance(p, DTensor)]  # FSDP reduces its own shards
     if not params:
         return
     device = params[0].device
@@ -131,6 +136,8 @@ def all_reduce_grads(w: World, params) -> None:
         return
     flat = torch.cat([p.grad.reshape(-1).float() for p in live])
     dist.all_reduce(flat)
+    if loss_scale != 1.0:
+        flat /= loss_scale
     offset = 0
     for p in live:
         n = p.grad.numel()
@@ -226,3 +233,112 @@ class NullLogger:
 
     def close(self):
         pass
+
+
+# --- FSDP2: parameters, gradients and optimizer state sharded over ranks -------------------------
+
+def check_fsdp(cfg, w: World) -> None:
+    """Refuse `fsdp` where it cannot work, before any model is loaded."""
+    from rlhfkit.config import ConfigError
+
+    if cfg.fsdp and not w.enabled:
+        raise ConfigError("fsdp shards over the processes of a torchrun launch; start it with "
+                          "torchrun --nproc_per_node N (N >= 2), or drop --fsdp")
+    if cfg.fsdp and getattr(cfg, "lora_r", 0):
+        raise ConfigError("fsdp with LoRA is not supported (LoRA already keeps the trainable state small); "
+                          "drop one of --fsdp / --lora-r")
+
+
+def shard_model(model, param_dtype: str | None = None, cpu_offload: bool = False):
+    """FSDP2 `fully_shard` on each transformer block, then on the modules the trainers call.
+
+    A causal LM is called as a whole (generate, forward): it is the root. A `ScalarHeadModel`
+    (critic, reward model) is called as backbone then head, so each is a root of its own.
+    param_dtype ("bfloat16", "float16"): compute dtype (mixed precision; gradients are reduced in
+    float32 and the sharded weights keep their dtype). cpu_offload: shards and optimizer state
+    live in CPU memory (needs a GPU for compute).
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    from rlhfkit.config import ConfigError
+    from rlhfkit.models.scalar_head import ScalarHeadModel
+
+    kwargs = {}
+    if param_dtype:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32)
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    if isinstance(model, torch.nn.Linear):  # a lone head (the reward model's LM head): one unit
+        fully_shard(model, **kwargs)
+        return model
+    scalar = isinstance(model, ScalarHeadModel)
+    base = model.base if scalar else model
+    if type(base).__name__.startswith("Peft") or hasattr(base, "peft_config"):
+        raise ConfigError("fsdp with LoRA is not supported; LoRA already keeps the trainable state small")
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    blocks = [m for m in base.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ConfigError(f"{type(base).__name__}: no transformer blocks to shard (its _no_split_modules is empty)")
+    for block in blocks:
+        fully_shard(block, **kwargs)
+    for root in ((model.backbone, model.head) if scalar else (model,)):
+        fully_shard(root, **kwargs)
+    return model
+
+
+def is_sharded(module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def full_state_dict(module) -> dict:
+    """The unsharded weights on rank 0, in CPU memory ({} on other ranks); a collective.
+    A module that is not sharded gives its own state_dict."""
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(module, state: dict) -> None:
+    """Load unsharded weights (every rank passes them) into a sharded module."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+
+
+def optimizer_state(module, optimizer) -> dict:
+    """Optimizer state for a checkpoint: unsharded (rank 0) when `module` is sharded; a collective."""
+    if not is_sharded(module):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                  cpu_offload=True))
+
+
+def load_optimizer_state(module, optimizer, state: dict) -> None:
+    if not is_sharded(module):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def loss_scale(w: World, modules) -> float:
+    """FSDP averages gradients over ranks; our losses are already divided by the global
+    normalizer, so a sharded module's loss is multiplied by the world size to get the sum."""
+    return float(w.size) if w.enabled and any(is_sharded(m) for m in modules) else 1.0
+
+
+def max_over_ranks(w: World, value: int) -> int:
+    if not w.enabled:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

@@ -21,8 +21,9 @@ from rlhfkit.trainers.algorithms import get_algorithm
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthMonitor
 from rlhfkit.trainers.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, rng_state, save_checkpoint
 from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError, make_optimizer, make_scheduler, set_seed
-from rlhfkit.trainers.distributed import (NullLogger, any_rank, barrier, broadcast_parameters, init_distributed,
-                                          rank_rng_states, set_rank_rng_state)
+from rlhfkit.trainers.distributed import (NullLogger, any_rank, barrier, broadcast_parameters, check_fsdp,
+                                          full_state_dict, init_distributed, load_optimizer_state, optimizer_state,
+                                          rank_rng_states, set_rank_rng_state, shard_model)
 from rlhfkit.trainers.rl_config import RLConfig
 from rlhfkit.trainers.rl_update import Shard, UpdateBatch, _kl_estimator, _kl_in_loss, run_updates
 
@@ -237,6 +238,13 @@ def train_rl(cfg: RLConfig) -> dict:
     from rlhfkit.trainers.common import configure_cpu_threads
     configure_cpu_threads(device)  # 1 thread on a CPU already kept busy by other jobs (see its docstring)
     models = build_models(cfg, spec, device)
+    trained = {"policy": models.policy, **({"critic": models.critic} if models.critic is not None else {}),
+               **({"prm": models.prm} if models.prm is not None else {})}
+    broadcast_parameters(w, trained.values())
+    if cfg.fsdp:  # before the optimizers: they must hold the sharded parameters
+        frozen = [models.reference, getattr(models.scorer, "reward_model", None)]
+        for m in [*trained.values(), *(f for f in frozen if f is not None)]:
+            shard_model(m, cfg.fsdp_param_dtype, cfg.fsdp_cpu_offload)
     rows, prompt_stats = tokenize_prompts(load_prompts(cfg.prompts, prompt_field=cfg.prompt_field), models.tokenizer,
                                           cfg.max_prompt_length, overlong=cfg.overlong)
     if not rows:
@@ -252,9 +260,6 @@ def train_rl(cfg: RLConfig) -> dict:
     moments = A.RunningMoments()
     baseline = A.MovingAverageBaseline(cfg.baseline_decay)
     ptx = _ptx_stream(cfg, models.tokenizer, device, w.rank) if cfg.ptx_coef > 0 else None
-    trained = {"policy": models.policy, **({"critic": models.critic} if models.critic is not None else {}),
-               **({"prm": models.prm} if models.prm is not None else {})}
-    broadcast_parameters(w, trained.values())
     if w.enabled:  # ranks sample different responses (unless seeded_sampling makes them row-keyed)
         torch.manual_seed(cfg.seed + 1_000_003 * w.rank)
     # Dropout stays off for the whole run (eval mode also while training): the update's logprobs
@@ -269,9 +274,10 @@ def train_rl(cfg: RLConfig) -> dict:
     keep = 2 + (math.ceil(health.config.longest_window / cfg.save_every) if uses_rollback else 0)
 
     def checkpoint():
-        state = _trainer_state(step, opt, stateful, w)
+        state = _trainer_state(step, opt, stateful, w, trained)
+        weights = {k: full_state_dict(m) for k, m in trained.items()} if cfg.fsdp else trained
         if w.main:
-            save_checkpoint(out_dir / "checkpoints", step, trained, state, keep_last=keep)
+            save_checkpoint(out_dir / "checkpoints", step, weights, state, keep_last=keep)
         barrier(w)
 
     step = 0
@@ -383,16 +389,39 @@ def train_rl(cfg: RLConfig) -> dict:
     bar.close()
     logger.close()
     final = out_dir / "final"
+    policy, critic = models.policy, models.critic
+    if cfg.fsdp:  # rank 0 saves unsharded copies in plain HF format
+        policy, critic = _unsharded(cfg, w, policy, critic)
     if w.main:
-        final = Path(save_model(models.policy, models.tokenizer, final))
-        if models.critic is not None:
-            models.critic.save_pretrained(final / "critic")
+        final = Path(save_model(policy, models.tokenizer, final))
+        if critic is not None:
+            critic.save_pretrained(final / "critic")
     barrier(w)
     return {"output": str(out_dir), "final": str(final), **metrics}
 
 
+def _unsharded(cfg: RLConfig, w, policy, critic):
+    """Plain copies of sharded models on rank 0 (None elsewhere), for saving; a collective."""
+    from rlhfkit import models as M
+
+    policy_state = full_state_dict(policy)
+    critic_state = full_state_dict(critic) if critic is not None else None
+    if not w.main:
+        return None, None
+    plain = M.load_causal_lm(cfg.policy, dtype=cfg.dtype, device="cpu", trust_remote_code=cfg.trust_remote_code)
+    plain.load_state_dict(policy_state)
+    plain_critic = None
+    if critic is not None:
+        plain_critic = M.load_critic(cfg.critic or cfg.reward_model or cfg.policy, dtype=cfg.dtype, device="cpu",
+                                     trust_remote_code=cfg.trust_remote_code)
+        plain_critic.load_state_dict(critic_state)
+        plain_critic.reward_mean, plain_critic.reward_std = critic.reward_mean, critic.reward_std
+    return plain, plain_critic
+
+
 def _check_world(cfg: RLConfig, spec, w) -> None:
     """What a data-parallel run cannot do yet, said before any model is loaded."""
+    check_fsdp(cfg, w)
     if not w.enabled:
         return
     if spec.policy_loss == "trpo" or spec.process_reward:
@@ -412,11 +441,13 @@ def _single_pass(cfg: RLConfig, spec, batch: int) -> bool:
             and not kl_in_reward and not spec.process_reward and cfg.critic_warmup_steps == 0)
 
 
-def _trainer_state(step: int, opt, stateful: dict, w=None) -> dict:
+def _trainer_state(step: int, opt, stateful: dict, w=None, trained=None) -> dict:
     """Everything besides weights that a resume needs (weights_only-loadable); in a data-parallel run
-    (a collective: every rank calls it) also every rank's RNG state."""
+    (a collective: every rank calls it) also every rank's RNG state, and unsharded optimizer states."""
+    trained = trained or {}
     return {"step": step, "rng": rng_state(), **rank_rng_states(w), "sched_policy": opt.policy_sched.state_dict(),
-            **{f"opt_{k}": getattr(opt, k).state_dict() for k in ("policy", "critic", "prm") if getattr(opt, k) is not None},
+            **{f"opt_{k}": (optimizer_state(trained[k], getattr(opt, k)) if k in trained else getattr(opt, k).state_dict())
+               for k in ("policy", "critic", "prm") if getattr(opt, k) is not None},
             **{k: v.state_dict() for k, v in stateful.items()}}
 
 
@@ -426,7 +457,7 @@ def _restore(ckpt, trained: dict, opt, stateful: dict, skip=(), world=None) -> i
     set_rank_rng_state(state, world, ckpt)
     for name in ("policy", "critic", "prm"):
         if getattr(opt, name) is not None:
-            getattr(opt, name).load_state_dict(state[f"opt_{name}"])
+            load_optimizer_state(trained[name], getattr(opt, name), state[f"opt_{name}"])
     opt.policy_sched.load_state_dict(state["sched_policy"])
     for name, obj in stateful.items():
         if name not in skip and name in state:  # a checkpoint older than a component keeps its fresh state

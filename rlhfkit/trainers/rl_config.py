@@ -117,6 +117,11 @@ class RLConfig(HealthOptions):
     on_nonfinite: str = option("stop", "on a NaN/inf loss or gradient", choices=("stop", "skip"))
     report_to: tuple[str, ...] = option(("jsonl",), "metric backends: jsonl, tensorboard, wandb")
     trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
+    fsdp: bool = option(False, "shard weights, gradients and optimizer state over the ranks of a torchrun launch "
+                               "(FSDP2 fully_shard), for models that do not fit one device (docs/distributed.md)")
+    fsdp_param_dtype: str | None = option(None, "with fsdp: compute dtype (mixed precision; gradients reduced in "
+                                                "float32)", choices=(None, "bfloat16", "float16"))
+    fsdp_cpu_offload: bool = option(False, "with fsdp: keep shards and optimizer state in CPU memory (GPU runs)")
 
     def __post_init__(self):
         from rlhfkit.trainers.algorithms import get_algorithm

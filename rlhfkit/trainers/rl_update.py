@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhfkit.trainers.common import TrainingError, check_finite, grad_norm
+from rlhfkit.trainers.common import TrainingError, check_finite, clip_gradients
 
 
 @dataclass
@@ -127,10 +127,9 @@ def optimizer_step(step: int, what: str, params, optimizer, scheduler, max_grad_
     A non-finite gradient raises TrainingError before anything is applied (the caller decides
     whether that stops the run or skips the minibatch).
     """
-    clip = bool(max_grad_norm and max_grad_norm > 0)
-    # clip_grad_norm_ returns the pre-clip norm: one pass over the gradients instead of two. A
-    # non-finite norm scales the gradients to NaN, but they are zeroed below before any step.
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if clip else grad_norm(params)
+    # The pre-clip norm comes from the clipping pass itself. A non-finite norm may scale the
+    # gradients to NaN, but they are zeroed below before any step.
+    norm = clip_gradients(params, max_grad_norm)
     try:
         check_finite(step, **{f"{what} gradient norm": norm})
     except TrainingError:
@@ -168,6 +167,10 @@ def run_updates(cfg, spec, step: int, batch: UpdateBatch, models, opt, kl_coef: 
 
     local_n = batch.input_ids.shape[0]
     shard = shard or Shard(0, batch.loss_mask, World())
+    # FSDP: every rank must run as many forwards as the busiest one; the extra ones are this
+    # row with its loss masked out (zero gradient).
+    filler = batch.take(torch.tensor([0]))
+    filler.loss_mask = torch.zeros_like(filler.loss_mask)
     n = shard.loss_mask.shape[0]
     mb_size = cfg.minibatch_size or n
     micro = cfg.micro_batch_size or mb_size
@@ -182,7 +185,7 @@ def run_updates(cfg, spec, step: int, batch: UpdateBatch, models, opt, kl_coef: 
             try:
                 sums = _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_coef,
                                          update_policy, ptx_stream, acc, micro,
-                                         global_mask=shard.loss_mask[rows], world=shard.world)
+                                         global_mask=shard.loss_mask[rows], world=shard.world, filler=filler)
             except TrainingError:
                 if cfg.on_nonfinite != "skip":
                     raise
@@ -201,13 +204,13 @@ def run_updates(cfg, spec, step: int, batch: UpdateBatch, models, opt, kl_coef: 
 
 
 def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_coef, update_policy, ptx_stream,
-                      acc, micro, global_mask=None, world=None) -> dict:
+                      acc, micro, global_mask=None, world=None, filler=None) -> dict:
     """Accumulate the micro-batches' gradients of one minibatch, then step each optimizer.
 
     global_mask: (M, R) loss mask of the whole minibatch across ranks (default: this one's), from
     which the normalizers come; world: the process group whose gradients and sums are added up.
     """
-    from rlhfkit.trainers.distributed import World, all_reduce_grads, sum_dict
+    from rlhfkit.trainers.distributed import World, all_reduce_grads, loss_scale, max_over_ranks, sum_dict
 
     world = world or World()
     global_mask = minibatch.loss_mask if global_mask is None else global_mask
@@ -220,32 +223,42 @@ def _minibatch_update(cfg, spec, step, minibatch, models, opt, kl_coef, penalty_
     if trpo:
         sums.update(trpo_policy_update(cfg, models.policy, minibatch, micro))
         update_policy = False  # the step is taken; only the critic's gradient-based update follows
-    for ms in range(0, mb_size, micro):
-        mb = minibatch.take(torch.arange(ms, min(ms + micro, mb_size)))
+    # FSDP averages gradients over ranks; the losses are already divided by global normalizers,
+    # so a sharded model's loss is scaled by the world size to make the reduction a sum.
+    scale = loss_scale(world, [models.policy])
+    vscale = loss_scale(world, [models.critic]) if models.critic is not None else 1.0
+    n_micro = -(-mb_size // micro)
+    if scale != 1.0 or vscale != 1.0:
+        n_micro = max_over_ranks(world, n_micro)
+    for i in range(n_micro):
+        real = i * micro < mb_size
+        mb = minibatch.take(torch.arange(i * micro, min((i + 1) * micro, mb_size))) if real else filler
         weight = float(mb.loss_mask.sum())
         if update_policy:
             loss, psums, means = policy_loss_micro(cfg, spec, models.policy, mb, norm, kl_coef, penalty_coef, seqs)
             if not world.enabled:  # across ranks a NaN reaches every rank through the summed gradient
                 check_finite(step, **{"policy loss": loss})
-            loss.backward()
-            _add(sums, psums)
-            acc.add(means, weight)
+            (loss * scale).backward()
+            if real:
+                _add(sums, psums)
+                acc.add(means, weight)
         if models.critic is not None:
             vloss, vsums, vmeans = value_loss_micro(cfg, models.critic, mb, vnorm)
             if not world.enabled:
                 check_finite(step, **{"value loss": vloss})
-            vloss.backward()
-            _add(sums, vsums)
-            acc.add(vmeans, weight)
+            (vloss * vscale).backward()
+            if real:
+                _add(sums, vsums)
+                acc.add(vmeans, weight)
     if update_policy and ptx_stream is not None:
-        _add(sums, ptx_backward(cfg, models.policy, ptx_stream, world.size))
+        _add(sums, ptx_backward(cfg, models.policy, ptx_stream, world.size, scale))
     sums = sum_dict(world, sums)
     if update_policy and opt.policy is not None:
-        all_reduce_grads(world, opt.policy_params)
+        all_reduce_grads(world, opt.policy_params, scale)
         sums["grad/norm"] = optimizer_step(step, "policy", opt.policy_params, opt.policy, opt.policy_sched,
                                            cfg.max_grad_norm)
     if models.critic is not None:
-        all_reduce_grads(world, opt.critic_params)
+        all_reduce_grads(world, opt.critic_params, vscale)
         sums["grad/critic_norm"] = optimizer_step(step, "critic", opt.critic_params, opt.critic, None,
                                                   cfg.max_grad_norm)
     return sums
@@ -256,7 +269,7 @@ def _add(into: dict, new: dict) -> None:
         into[k] = into.get(k, 0.0) + v
 
 
-def ptx_backward(cfg, policy, ptx_stream, ranks: int = 1) -> dict:
+def ptx_backward(cfg, policy, ptx_stream, ranks: int = 1, scale: float = 1.0) -> dict:
     """PPO-ptx (InstructGPT): ptx_coef x SFT loss on a demonstration micro-batch, accumulated.
 
     ranks: the data-parallel world size; each rank draws its own micro-batch and the summed
@@ -266,7 +279,7 @@ def ptx_backward(cfg, policy, ptx_stream, ranks: int = 1) -> dict:
     batch = next(ptx_stream)
     tokens = float(batch["loss_mask"][:, 1:].sum().clamp(min=1.0))
     loss, stats = sft_token_loss(policy, batch, tokens)
-    (cfg.ptx_coef * loss / ranks).backward()
+    (cfg.ptx_coef * loss * scale / ranks).backward()
     return {"loss/sft": stats["loss"] / ranks}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import ConfigError, option, save_config
-from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised
+from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised, shard_for
 
 
 @dataclass(kw_only=True)
@@ -97,10 +97,11 @@ def train_rm(cfg: RMConfig) -> dict:
     from rlhfkit.data import collate_preferences, load_preferences, split_train_eval, tokenize_preferences
     from rlhfkit.models import load_critic, load_tokenizer
     from rlhfkit.trainers.common import set_seed
-    from rlhfkit.trainers.distributed import barrier, init_distributed
+    from rlhfkit.trainers.distributed import barrier, check_fsdp, init_distributed
 
     out_dir = Path(cfg.output)
     w, device = init_distributed(cfg.device)
+    check_fsdp(cfg, w)
     if w.main:
         save_config(cfg, out_dir)
     set_seed(cfg.seed)
@@ -108,6 +109,7 @@ def train_rm(cfg: RMConfig) -> dict:
     # A scalar head on the backbone, zero-initialised: every pair starts at loss log 2.
     model = load_critic(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     lm_head = _lm_head(cfg, device) if cfg.lm_coef > 0 else None
+    shard_for(cfg, w, model, lm_head)
 
     rows = load_preferences(cfg.data, format=cfg.data_format)
     if cfg.eval_data:
@@ -131,6 +133,13 @@ def train_rm(cfg: RMConfig) -> dict:
     model.reward_mean = metrics.get("eval/score_mean", 0.0)
     model.reward_std = metrics.get("eval/score_std", 1.0)
     final = out_dir / "final"
+    if cfg.fsdp:  # rank 0 saves an unsharded copy
+        from rlhfkit.trainers.distributed import full_state_dict
+        state, stats_ = full_state_dict(model), (model.reward_mean, model.reward_std)
+        if w.main:
+            model = load_critic(cfg.model, dtype=cfg.dtype, device="cpu", trust_remote_code=cfg.trust_remote_code)
+            model.load_state_dict(state)
+            model.reward_mean, model.reward_std = stats_
     if w.main:
         model.save_pretrained(final, tokenizer=tokenizer)
     barrier(w)

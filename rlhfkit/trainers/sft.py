@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import ConfigError, option, save_config
-from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised
+from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised, shard_for
 
 
 @dataclass(kw_only=True)
@@ -66,10 +66,11 @@ def train_sft(cfg: SFTConfig) -> dict:
     from rlhfkit.data import collate_sft, load_sft, pack_sft, split_train_eval, tokenize_sft
     from rlhfkit.models import load_causal_lm, load_tokenizer, save_model
     from rlhfkit.trainers.common import set_seed
-    from rlhfkit.trainers.distributed import barrier, init_distributed
+    from rlhfkit.trainers.distributed import barrier, check_fsdp, init_distributed
 
     out_dir = Path(cfg.output)
     w, device = init_distributed(cfg.device)
+    check_fsdp(cfg, w)
     if w.main:
         save_config(cfg, out_dir)
     set_seed(cfg.seed)
@@ -78,6 +79,7 @@ def train_sft(cfg: SFTConfig) -> dict:
     if cfg.lora_r:
         from rlhfkit.models import apply_lora
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    shard_for(cfg, w, model)
 
     rows = load_sft(cfg.data, format=cfg.data_format)
     if cfg.eval_data:
@@ -99,6 +101,12 @@ def train_sft(cfg: SFTConfig) -> dict:
     if w.main:
         print(f"[sft] {len(train)} training rows ({train_stats}), {len(evals)} eval rows")
     metrics = run_supervised(cfg, model, train, stage, out_dir)
+    if cfg.fsdp:  # rank 0 saves an unsharded copy
+        from rlhfkit.trainers.distributed import full_state_dict
+        state = full_state_dict(model)
+        if w.main:
+            model = load_causal_lm(cfg.model, dtype=cfg.dtype, device="cpu", trust_remote_code=cfg.trust_remote_code)
+            model.load_state_dict(state)
     final = save_model(model, tokenizer, out_dir / "final") if w.main else out_dir / "final"
     barrier(w)
     return {"output": str(out_dir), "final": str(final), **metrics, **{f"data/{k}": v for k, v in train_stats.items()}}

@@ -17,8 +17,8 @@ import torch
 from rlhfkit.config import ConfigError, option
 
 from rlhfkit.trainers.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
-from rlhfkit.trainers.common import (RunInterrupted, StopFlag, TrainingError, check_finite, grad_norm, make_optimizer,
-                                     make_scheduler)
+from rlhfkit.trainers.common import (RunInterrupted, StopFlag, TrainingError, check_finite, clip_gradients,
+                                     make_optimizer, make_scheduler)
 
 
 @dataclass(kw_only=True)
@@ -51,6 +51,11 @@ class SupervisedConfig:
     on_nonfinite: str = option("stop", "on a NaN/inf loss or gradient", choices=("stop", "skip"))
     report_to: tuple[str, ...] = option(("jsonl",), "metric backends: jsonl, tensorboard, wandb")
     trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
+    fsdp: bool = option(False, "shard weights, gradients and optimizer state over the ranks of a torchrun launch "
+                               "(FSDP2 fully_shard), for models that do not fit one device (docs/distributed.md)")
+    fsdp_param_dtype: str | None = option(None, "with fsdp: compute dtype (mixed precision; gradients reduced in "
+                                                "float32)", choices=(None, "bfloat16", "float16"))
+    fsdp_cpu_offload: bool = option(False, "with fsdp: keep shards and optimizer state in CPU memory (GPU runs)")
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -91,7 +96,10 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
     w = D.world()
     if cfg.batch_size % w.size:
         raise ConfigError(f"batch_size={cfg.batch_size} cannot be split over {w.size} ranks; use a multiple of {w.size}")
-    D.broadcast_parameters(w, [model])
+    sharded = D.is_sharded(model)
+    if not sharded:  # a sharded model was broadcast before sharding (see shard_for)
+        D.broadcast_parameters(w, [model])
+    scale = D.loss_scale(w, [model])  # FSDP averages gradients; our losses need their sum
     device = next(model.parameters()).device
     steps_per_epoch = max(1, len(examples) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -103,17 +111,18 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
     step = 0
     if cfg.resume and (ckpt := latest_checkpoint(ckpt_root)) is not None:
         state = load_checkpoint(ckpt, {"model": model})
-        optimizer.load_state_dict(state["optimizer"])
+        D.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         D.set_rank_rng_state(state, w, ckpt)
         step = int(state["step"])
     logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=step) if w.main else D.NullLogger()
 
     def checkpoint():
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        state = {"step": step, "optimizer": D.optimizer_state(model, optimizer), "scheduler": scheduler.state_dict(),
                  "rng": rng_state(), **D.rank_rng_states(w)}
+        weights = D.full_state_dict(model) if sharded else model
         if w.main:
-            save_checkpoint(ckpt_root, step, {"model": model}, state)
+            save_checkpoint(ckpt_root, step, {"model": weights}, state)
         D.barrier(w)
 
     eval_metrics: dict = {}
@@ -139,12 +148,12 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
                 mb = {k: v.to(device) if torch.is_tensor(v) else v
                       for k, v in stage.collate(batch[start:start + micro]).items()}
                 loss, stats = stage.loss(model, mb, normalizer)
-                loss.backward()
+                (loss * scale).backward()
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v)
             totals = D.sum_dict(w, totals)
-            D.all_reduce_grads(w, params)
-            norm = grad_norm(params)
+            D.all_reduce_grads(w, params, scale)
+            norm = clip_gradients(params, cfg.max_grad_norm)
             try:
                 check_finite(step, **{"loss": totals.get("loss", 0.0), "gradient norm": norm})
             except TrainingError:
@@ -153,8 +162,6 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
                     checkpoint()
                     raise
             else:
-                if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -163,7 +170,7 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
             metrics.update({"grad/norm": float(norm), "lr": scheduler.get_last_lr()[0],
                             "time/step_s": time.perf_counter() - t0})
             evaluated = (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps
-            if evaluated and w.main:  # the weights are the same on every rank: rank 0 evaluates
+            if evaluated and (w.main or sharded):  # same weights everywhere: rank 0 evaluates (all, if sharded)
                 eval_metrics = stage.evaluate()
                 metrics.update(eval_metrics)
             if evaluated or step % cfg.log_every == 0:
@@ -180,3 +187,16 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
     bar.close()
     logger.close()
     return eval_metrics
+
+
+def shard_for(cfg, w, *models) -> None:
+    """With cfg.fsdp: rank 0's weights to every rank, then FSDP2 sharding (before the optimizer)."""
+    from rlhfkit.trainers import distributed as D
+
+    D.check_fsdp(cfg, w)
+    if not cfg.fsdp:
+        return
+    for model in models:
+        if model is not None:
+            D.broadcast_parameters(w, [model])
+            D.shard_model(model, cfg.fsdp_param_dtype, cfg.fsdp_cpu_offload)

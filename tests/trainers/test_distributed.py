@@ -1,5 +1,6 @@
 """Data parallelism on CPU (gloo): 2 ranks x half the batch update the weights exactly as 1 process
-on the whole batch, and a 2-rank checkpoint resumes in a 2-rank run to the same end.
+on the whole batch (replicated models, and FSDP2-sharded ones), and a 2-rank checkpoint resumes in
+a 2-rank run to the same end.
 
 Each run is a real launch: `torchrun --nproc_per_node 2 -m rlhfkit ...` in a subprocess.
 """
@@ -75,25 +76,58 @@ GRPO = ["--prompts-per-step", "2", "--num-samples", "4", "--kl-coef", "0.04", "-
         "--loss-agg", "seq-mean-token-sum-norm"]
 
 
-@pytest.mark.parametrize("algo,extra", [("ppo", PPO), ("grpo", GRPO)])
-def test_two_ranks_equal_one_process(tmp_path, tiny_dir, data_dir, algo, extra):
-    one, two = tmp_path / "one", tmp_path / "two"
-    launch(1, rl_args(tiny_dir, data_dir, one, algo, extra))
-    launch(2, rl_args(tiny_dir, data_dir, two, algo, extra))
-    start = weights(tiny_dir)
+def assert_same_run(one, two, critic: bool):
     w1, w2 = weights(one / "final"), weights(two / "final")
-    assert moved(w1, start) > 1e-4  # the steps did something
     assert max_diff(w1, w2) < 1e-5
-    if algo == "ppo":
+    if critic:
         assert max_diff(weights(one / "final" / "critic"), weights(two / "final" / "critic")) < 1e-5
     # Logged metrics are the global batch's, written once (by rank 0).
     m1, m2 = metrics(one), metrics(two)
     assert [r["step"] for r in m1] == [r["step"] for r in m2] == [1, 2]
     for r1, r2 in zip(m1, m2):
         for key in ("reward/score_mean", "response/length_mean", "kl/mean", "policy/entropy", "loss/policy",
-                    "grad/norm", "advantages/std"):
+                    "grad/norm", "grad/critic_norm", "advantages/std"):
             if key in r1:
                 assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), key
+
+
+@pytest.mark.parametrize("algo,extra", [("ppo", PPO), ("grpo", GRPO)])
+def test_two_ranks_equal_one_process(tmp_path, tiny_dir, data_dir, algo, extra):
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(1, rl_args(tiny_dir, data_dir, one, algo, extra))
+    launch(2, rl_args(tiny_dir, data_dir, two, algo, extra))
+    assert moved(weights(one / "final"), weights(tiny_dir)) > 1e-4  # the steps did something
+    assert_same_run(one, two, critic=algo == "ppo")
+
+
+def test_fsdp_ppo_equals_one_process_and_resumes(tmp_path, tiny_dir, data_dir):
+    # Policy, critic and reference sharded with FSDP2 over 2 ranks (gloo): the same update as one
+    # process, unequal minibatch shares padded with masked forwards; sharded checkpoints resume.
+    extra = PPO + ["--save-every", "1"]
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    launch(1, rl_args(tiny_dir, data_dir, one, "ppo", extra))
+    launch(2, rl_args(tiny_dir, data_dir, fsdp, "ppo", extra + ["--fsdp", "true"]))
+    assert moved(weights(one / "final"), weights(tiny_dir)) > 1e-4
+    assert_same_run(one, fsdp, critic=True)
+    assert max_diff(weights(one / "checkpoints" / "step-000002"), weights(fsdp / "checkpoints" / "step-000002")) < 1e-5
+    cut = tmp_path / "cut"
+    shutil.copytree(fsdp, cut)
+    shutil.rmtree(cut / "final")
+    shutil.rmtree(cut / "checkpoints" / "step-000002")
+    launch(2, rl_args(tiny_dir, data_dir, cut, "ppo", extra + ["--fsdp", "true", "--resume", "true"]))
+    assert max_diff(weights(fsdp / "final"), weights(cut / "final")) == 0.0
+
+
+def test_fsdp_reward_model_equals_one_process(tmp_path, tiny_dir, data_dir):
+    # Backbone and scalar head sharded, the LM-loss head too (lm_coef > 0).
+    args = ["rm", "--model", str(tiny_dir), "--data", str(data_dir / "prefs.jsonl"), "--batch-size", "4",
+            "--epochs", "1", "--lr", "1e-3", "--eval-fraction", "0.25", "--lm-coef", "0.5", "--device", "cpu"]
+    launch(1, args + ["--output", str(tmp_path / "one")])
+    launch(2, args + ["--output", str(tmp_path / "two"), "--fsdp", "true"])
+    w1, w2 = weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")
+    assert max_diff(w1, w2) < 1e-5
+    stats = [json.loads((tmp_path / r / "final" / "rlhfkit_reward.json").read_text()) for r in ("one", "two")]
+    assert stats[1]["reward_mean"] == pytest.approx(stats[0]["reward_mean"], rel=1e-4, abs=1e-6)
 
 
 def test_sft_two_ranks_equal_one_process(tmp_path, tiny_dir, data_dir):
@@ -101,12 +135,14 @@ def test_sft_two_ranks_equal_one_process(tmp_path, tiny_dir, data_dir):
             "--micro-batch-size", "2", "--epochs", "1", "--lr", "1e-3", "--eval-fraction", "0.2", "--device", "cpu"]
     launch(1, args + ["--output", str(tmp_path / "one")])
     launch(2, args + ["--output", str(tmp_path / "two")])
-    w1, w2 = weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")
+    launch(2, args + ["--output", str(tmp_path / "fsdp"), "--fsdp", "true"])
+    w1 = weights(tmp_path / "one" / "final")
     assert moved(w1, weights(tiny_dir)) > 1e-4
-    assert max_diff(w1, w2) < 1e-5
-    m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / "two")
-    assert m2[-1]["train/loss"] == pytest.approx(m1[-1]["train/loss"], rel=1e-5)
-    assert m2[-1]["eval/loss"] == pytest.approx(m1[-1]["eval/loss"], rel=1e-5)
+    for run in ("two", "fsdp"):
+        assert max_diff(w1, weights(tmp_path / run / "final")) < 1e-5
+        m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / run)
+        assert m2[-1]["train/loss"] == pytest.approx(m1[-1]["train/loss"], rel=1e-5)
+        assert m2[-1]["eval/loss"] == pytest.approx(m1[-1]["eval/loss"], rel=1e-5)
 
 
 def test_two_rank_checkpoint_resumes_exactly(tmp_path, tiny_dir, data_dir):
