@@ -10,12 +10,19 @@ and whitespace does not matter, so "81", " 81 " and "81<eos>" score 1, and so do
 "so 81" (only the final number counts); "80", "081", "81+1" and "" score 0.
 
 Every question appears in at most one file, so the held-out prompts were never seen in SFT
-or RL. The SFT set is small on purpose (a few hundred correct demonstrations): the SFT policy
-learns the format and some sums, leaving RL room to improve accuracy.
+or RL. The SFT set is small on purpose (a few hundred demonstrations): the SFT policy learns
+the format and some sums, leaving RL room to improve accuracy.
+
+`estimate_fraction` (default 0): that share of the demonstrations comes from a sloppy
+annotator who gives an estimate instead of the sum, "about 80" for 81 (rounded to the nearest
+ten; right only when the sum is a multiple of ten). The SFT policy imitates the habit; the
+verifier reward, which only an exact answer earns, teaches RL to drop it: the textbook case of
+RL fixing what the demonstrations taught (the quickstart uses 0.5).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from pathlib import Path
@@ -27,6 +34,14 @@ _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * 
 # A minus sign counts only when it is not an operator between two digits ("23-5" ends in 5).
 _INT = re.compile(r"(?<!\d)-?\d+")
 _QUESTION = re.compile(r"(-?\d+)\s*([-+*])\s*(-?\d+)")
+
+
+ESTIMATE = "about {value}"
+
+
+def estimate_of(value: int) -> str:
+    """A sloppy annotator's answer: "about" and the value rounded to the nearest ten (half up)."""
+    return ESTIMATE.format(value=int(math.floor(value / 10 + 0.5)) * 10)
 
 
 def final_number(response: str) -> str | None:
@@ -71,12 +86,15 @@ class ArithmeticTask:
     tokenizer_level = "char"
     default_sizes = {"sft_train": 400, "sft_eval": 100, "prompts_train": 2000, "prompts_eval": 200}
 
-    def __init__(self, max_digits: int = 2, ops: str = "+"):
+    def __init__(self, max_digits: int = 2, ops: str = "+", estimate_fraction: float = 0.0):
         if not isinstance(max_digits, int) or not 1 <= max_digits <= 6:
             raise ValueError(f"max_digits must be an int in 1..6, got {max_digits!r}")
         if not ops or set(ops) - set(_OPS):
             raise ValueError(f"ops must be a non-empty string of {''.join(_OPS)!r}, got {ops!r}")
+        if not 0.0 <= estimate_fraction < 1.0:
+            raise ValueError(f"estimate_fraction must be in [0, 1), got {estimate_fraction!r}")
         self.max_digits, self.ops = max_digits, "".join(dict.fromkeys(ops))
+        self.estimate_fraction = float(estimate_fraction)
 
     def describe(self) -> str:
         """What the task is and how the reward is computed (the module docstring)."""
@@ -84,7 +102,7 @@ class ArithmeticTask:
 
     def corpus(self) -> list[str]:
         """All characters prompts and answers use: the template, digits, signs."""
-        return [PROMPT.format(a=0, op="+", b=0), "0123456789", "".join(_OPS)]
+        return [PROMPT.format(a=0, op="+", b=0), "0123456789", "".join(_OPS), ESTIMATE.format(value=0)]
 
     def gold(self, prompts: list[str], responses: list[str], **fields) -> list[float]:
         return reward(prompts, responses, **fields)
@@ -115,15 +133,20 @@ class ArithmeticTask:
         order = ("prompts_eval", "sft_eval", "sft_train", "prompts_train")
         questions = iter(self._questions(seed, sum(n[k] for k in order)))
         out, paths = Path(out_dir), {}
+        sloppy = random.Random(seed + 1)  # which demonstrations are estimates
         for name in order:
             rows = []
             for _ in range(n[name]):
                 a, op, b = next(questions)
                 prompt, answer = PROMPT.format(a=a, op=op, b=b), str(_OPS[op](a, b))
-                rows.append({"prompt": prompt, "response": answer} if name.startswith("sft")
-                            else {"prompt": prompt, "answer": answer})
+                if name.startswith("sft"):
+                    estimate = sloppy.random() < self.estimate_fraction
+                    rows.append({"prompt": prompt, "response": estimate_of(int(answer)) if estimate else answer})
+                else:
+                    rows.append({"prompt": prompt, "answer": answer})
             paths[name] = write_jsonl(out / f"{name}.jsonl", rows)
-        info = {"task": self.name, "seed": seed, "sizes": n, "max_digits": self.max_digits, "ops": self.ops}
+        info = {"task": self.name, "seed": seed, "sizes": n, "max_digits": self.max_digits, "ops": self.ops,
+                "estimate_fraction": self.estimate_fraction}
         paths["info"] = write_json(out / "info.json", info)
         return {k: paths[k] for k in ("sft_train", "sft_eval", "prompts_train", "prompts_eval", "info")}
 
@@ -132,7 +155,7 @@ class ArithmeticTask:
         p = PROMPT.format(a=23, op="+", b=58)
         examples = [("correct", "81", 1.0), ("trailing space", "81 ", 1.0), ("with eos", "81<eos>", 1.0),
                     ("eos then junk", "81<eos>7", 1.0), ("extra text", "so 81", 1.0),
-                    ("wrong", "80", 0.0), ("digits reversed", "18", 0.0), ("extra digit", "810", 0.0),
+                    ("wrong", "80", 0.0), ("an estimate", estimate_of(81), 0.0), ("digits reversed", "18", 0.0), ("extra digit", "810", 0.0),
                     ("leading zero", "081", 0.0), ("ends in another number", "81+1", 0.0),
                     ("empty", "", 0.0), ("no number", "eighty one", 0.0)]
         return [{"prompt": p, "response": r, "answer": "81", "kind": k, "reward": v} for k, r, v in examples]

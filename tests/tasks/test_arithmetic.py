@@ -108,3 +108,31 @@ def test_corpus_covers_every_character(task, written):
     assert len(tok) < 40
     text = "What is 23+58? 81"
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+@pytest.mark.parametrize("value,expected", [(81, "about 80"), (85, "about 90"), (80, "about 80"), (4, "about 0"),
+                                            (195, "about 200"), (-14, "about -10"), (-15, "about -10")])
+def test_estimate_rounds_to_the_nearest_ten(value, expected):
+    assert A.estimate_of(value) == expected
+
+
+def test_sloppy_annotator_estimates(tmp_path):
+    # A share of the demonstrations are estimates; they score 0 unless the sum is a multiple of ten.
+    task = get_task("arithmetic", estimate_fraction=0.5)
+    paths = task.write_data(tmp_path, seed=3, sft_train=400, sft_eval=40, prompts_train=50, prompts_eval=50)
+    rows = read_jsonl(paths["sft_train"])
+    estimates = [r for r in rows if r["response"].startswith("about ")]
+    assert 0.4 < len(estimates) / len(rows) < 0.6
+    for r in rows:
+        a, b = map(int, _Q.match(r["prompt"]).groups())
+        expected = A.estimate_of(a + b) if r in estimates else str(a + b)
+        assert r["response"] == expected
+        assert A.reward([r["prompt"]], [r["response"]]) == [float(r not in estimates or (a + b) % 10 == 0)]
+    # The prompts (and the held-out questions) are those of the plain task with the same seed.
+    plain = get_task("arithmetic").write_data(tmp_path / "plain", seed=3, sft_train=400, sft_eval=40,
+                                              prompts_train=50, prompts_eval=50)
+    assert read_jsonl(plain["prompts_eval"]) == read_jsonl(paths["prompts_eval"])
+    assert [r["prompt"] for r in read_jsonl(plain["sft_train"])] == [r["prompt"] for r in rows]
+    assert_no_unk(task, paths)
+    with pytest.raises(ValueError, match="estimate_fraction"):
+        get_task("arithmetic", estimate_fraction=1.0)
