@@ -85,6 +85,84 @@ def _p_logp(logp: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
 
 
+class _ChunkedLogprobsEntropy(torch.autograd.Function):
+    """Both of the above from one pass over the logits z = logits / T (one upcast, one logsumexp per chunk).
+
+    d/dlogits = (g_lp * (onehot(label) - p) - g_H * p * (log p + H)) / T. Autograd hands a None
+    gradient for an output that no loss used (materialize_grads off), and that term is skipped:
+    an entropy that is only logged costs its forward, never a backward.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, inv_temperature: float, chunk_size: int,
+                with_entropy: bool):
+        dtype = _compute_dtype(logits.dtype)
+        n = logits.shape[0]
+        out = torch.empty(n, dtype=dtype, device=logits.device)
+        lse = torch.empty(n, dtype=dtype, device=logits.device)
+        entropy = torch.zeros(n if with_entropy else 0, dtype=dtype, device=logits.device)
+        for start in range(0, n, chunk_size):
+            sl = slice(start, start + chunk_size)
+            z = _scaled(logits[sl], dtype, inv_temperature)  # (n, V)
+            lse[sl] = torch.logsumexp(z, dim=-1)
+            out[sl] = z.gather(-1, labels[sl, None]).squeeze(-1) - lse[sl]
+            if with_entropy:
+                entropy[sl] = -_p_logp(z - lse[sl, None]).sum(-1)
+        ctx.save_for_backward(logits, labels, lse, entropy)
+        ctx.inv_temperature, ctx.chunk_size = inv_temperature, chunk_size
+        ctx.set_materialize_grads(False)
+        return out, entropy
+
+    @staticmethod
+    def backward(ctx, grad_lp: torch.Tensor | None, grad_h: torch.Tensor | None):
+        if grad_lp is None and (grad_h is None or grad_h.numel() == 0):
+            return None, None, None, None, None
+        logits, labels, lse, entropy = ctx.saved_tensors
+        if entropy.numel() == 0:
+            grad_h = None
+        grad = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], ctx.chunk_size):
+            sl = slice(start, start + ctx.chunk_size)
+            logp = _scaled(logits[sl], lse.dtype, ctx.inv_temperature) - lse[sl, None]  # (n, V)
+            probs = torch.exp(logp)
+            g = torch.zeros_like(logp) if grad_lp is None else (-grad_lp[sl, None].to(lse.dtype)) * probs
+            if grad_lp is not None:
+                g.scatter_add_(-1, labels[sl, None], grad_lp[sl, None].to(lse.dtype))
+            if grad_h is not None:
+                g -= (_p_logp(logp) + probs * entropy[sl, None]) * grad_h[sl, None].to(lse.dtype)
+            if ctx.inv_temperature != 1.0:
+                g = g * ctx.inv_temperature
+            grad[sl] = g.to(logits.dtype)
+        return grad, None, None, None, None
+
+
+def _scaled(rows: torch.Tensor, dtype: torch.dtype, inv_temperature: float) -> torch.Tensor:
+    # upcast (a no-op for float32 input) and the temperature in one temporary per chunk
+    rows = rows.to(dtype)
+    return rows * inv_temperature if inv_temperature != 1.0 else rows
+
+
+def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                         chunk_size: int = 1024, with_entropy: bool = True):
+    """log p(label) and the entropy H = -sum_v p_v log p_v of p = softmax(logits / temperature), in one pass.
+
+    logits: (..., V); labels: (...) int -> (logprobs, entropy), both (...) float32 (float64 for
+    float64 logits); entropy is None with with_entropy=False.
+    Equals `logprobs_from_logits(logits / T, labels), entropy_from_logits(logits / T)` without the
+    tempered copy of the logits and with one logsumexp instead of two. Both outputs are
+    differentiable; the backward of one that no loss uses is skipped.
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logprobs_and_entropy: logits {tuple(logits.shape)} must be labels "
+                         f"{tuple(labels.shape)} plus a vocabulary dimension")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # (N, V); a view when logits are contiguous
+    flat_labels = labels.reshape(-1).long()  # (N,)
+    lp, ent = _ChunkedLogprobsEntropy.apply(flat_logits, flat_labels, 1.0 / temperature, chunk_size, with_entropy)
+    return lp.view(labels.shape), (ent.view(labels.shape) if with_entropy else None)
+
+
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
     """log p(label) under softmax(logits).
 

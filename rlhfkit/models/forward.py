@@ -10,7 +10,7 @@ import inspect
 
 import torch
 
-from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_from_logits
+from rlhfkit.algos.logprobs import logprobs_and_entropy
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -22,6 +22,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+_CHUNK_ELEMENTS = 1 << 21  # logits per row chunk in logprobs_and_entropy
 _KEEP_KW: dict = {}  # model class -> its logits_to_keep keyword (or None)
 
 
@@ -63,6 +64,8 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     response's end hold values of no meaning: multiply by `response_mask`.
     Dividing by the sampling temperature makes these the log-probabilities of the distribution
     the tokens were actually drawn from (needed for the PPO ratio and the KL to the reference).
+    Both outputs are differentiable; an entropy that is only logged (no loss term) costs its forward
+    (shared with the logprobs: one logsumexp) and no backward.
     """
     batch, total = input_ids.shape
     if not 0 < response_length < total:
@@ -71,18 +74,15 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = response_logits(model, input_ids, attention_mask, position_ids, response_length)  # (B, R+1, V)
-    labels = input_ids[:, -response_length:]  # (B, R)
-    logprobs, entropy = [], []
-    # Row by row: logits[b, :-1] is a contiguous (R, V) block, so neither the slice nor the
-    # temperature division copies more than one row's logits at a time.
-    for b in range(batch):
-        row = logits[b, :-1]
-        if temperature != 1.0:
-            row = row / temperature
-        logprobs.append(logprobs_from_logits(row, labels[b]))
-        if return_entropy:
-            entropy.append(entropy_from_logits(row))
-    logprobs = torch.stack(logprobs)
+    # One pass over all B x (R + 1) rows (not a loop over the batch: B separate slices made autograd
+    # allocate B full-size gradient buffers). The last column predicts past the row's end; it gets a
+    # dummy label and is dropped, which keeps the (B, R + 1, V) logits a view instead of a copy.
+    labels = torch.cat([input_ids[:, -response_length:], input_ids.new_zeros(batch, 1)], dim=1)  # (B, R+1)
+    # Row chunks of ~2M logits (8 MiB per float32 temporary) bound the transient memory whatever B x R
+    # is, and are as fast as larger ones (measured at V = 8192: 256-row chunks no slower than 1024).
+    chunk = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
+    logprobs, entropy = logprobs_and_entropy(logits, labels, temperature=temperature, chunk_size=chunk,
+                                             with_entropy=return_entropy)
     if return_entropy:
-        return logprobs, torch.stack(entropy)
-    return logprobs
+        return logprobs[:, :-1], entropy[:, :-1]
+    return logprobs[:, :-1]
