@@ -5,6 +5,12 @@ The session-scoped objects are shared by every test: treat them as read-only and
 """
 
 import pytest
+import torch
+
+# One intra-op thread for the whole suite: float sums then do not depend on the machine, and
+# `configure_cpu_threads` (which drops to 1 thread when the CPU is busy, e.g. during the
+# distributed tests' subprocesses) cannot change the count between two runs a test compares.
+torch.set_num_threads(1)
 
 TINY_CORPUS = [
     "the cat sat on the mat .",

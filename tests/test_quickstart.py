@@ -14,9 +14,18 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "quickstart.md"
 def test_fast_quickstart_end_to_end(tmp_path):
     from rlhfkit.quickstart import QuickstartConfig, run_quickstart
 
+    import torch
+
     out = tmp_path / "qs"
-    run_quickstart(QuickstartConfig(task="reviews", fast=True, output=str(out)))
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(3)  # a count the run does not use, so putting it back is visible
+    try:
+        run_quickstart(QuickstartConfig(task="reviews", fast=True, output=str(out), threads=1))
+        assert torch.get_num_threads() == 3  # the caller's thread count is put back
+    finally:
+        torch.set_num_threads(threads_before)
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["environment"]["threads"] == 1 and summary["environment"]["torch"] == torch.__version__
     assert set(summary["stages"]) == {"sft", "rm", "rl"}
     for stage in summary["stages"].values():
         assert (tmp_path / "qs" / stage["output"].split("qs/")[-1]).is_dir()

@@ -40,5 +40,9 @@ def data_dir(tmp_path_factory):
         "    for r in responses:\n"
         "        words = r.split()\n"
         "        out.append(sum(w == 'good' for w in words) / max(len(words), 1))\n"
-        "    return out\n")
+        "    return out\n"
+        "\n"
+        "def distinct(prompts, responses, **fields):\n"
+        "    # never the same for every response, whatever a random tiny model samples\n"
+        "    return [len(set(r.split())) / (1.0 + len(r.split())) + 0.05 * r.count('o') for r in responses]\n")
     return d

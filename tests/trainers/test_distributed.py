@@ -61,8 +61,11 @@ def metrics(path) -> list[dict]:
 
 
 def rl_args(tiny_dir, data_dir, out, algo: str, extra=()) -> list[str]:
+    # `distinct` scores differ between responses whatever the random model samples. With a score that
+    # is 0 for every response (good_fraction when no "good" is sampled), the first update follows
+    # float noise (advantages ~1e-4, which Adam turns into lr-sized steps), and two correct runs differ.
     return ["rl", "--algo", algo, "--policy", str(tiny_dir), "--prompts", str(data_dir / "prompts.jsonl"),
-            "--reward-fn", f"{data_dir / 'reward.py'}:good_fraction", "--output", str(out),
+            "--reward-fn", f"{data_dir / 'reward.py'}:distinct", "--output", str(out),
             "--max-new-tokens", "6", "--seeded-sampling", "true", "--device", "cpu", *extra]
 
 
@@ -84,6 +87,7 @@ def assert_same_run(one, two, critic: bool):
     # Logged metrics are the global batch's, written once (by rank 0).
     m1, m2 = metrics(one), metrics(two)
     assert [r["step"] for r in m1] == [r["step"] for r in m2] == [1, 2]
+    assert m1[0]["reward/score_std"] > 1e-3  # a real signal to follow, not float noise (see rl_args)
     for r1, r2 in zip(m1, m2):
         for key in ("reward/score_mean", "response/length_mean", "kl/mean", "policy/entropy", "loss/policy",
                     "grad/norm", "grad/critic_norm", "advantages/std"):
