@@ -147,7 +147,7 @@ def _summary_html(evaluation: dict, runs: dict) -> str:
         definition, unit, better = SUMMARY_FIELDS[field]
         cells = [html.escape(_FIELD_LABELS.get(field, field)),
                  html.escape(definition + ("" if unit == "1" else f" ({unit})"))]
-        cells += [_num_cell(evaluation[p].get(field)) for p in policies]
+        cells += [_num_cell(_noise_to_zero(field, evaluation[p].get(field))) for p in policies]
         if compare:
             cells.append(_delta_cell(evaluation["sft"].get(field), evaluation["rl"].get(field), better))
         body.append(cells)
@@ -166,9 +166,20 @@ def _verdicts(evaluation: dict) -> list[str]:
     before, after = _num(sft.get(key)), _num(rl.get(key))
     if before is not None and after is not None:
         verb = "raised" if after > before else "lowered" if after < before else "did not change"
-        css = "ok" if after > before else "warn"
-        out.append(f'<div class="{css}">RL {verb} the {html.escape(_FIELD_LABELS[key].lower())} from '
-                   f"{_fmt(before)} to {_fmt(after)}.</div>")
+        se_key = "gold_se" if key == "gold_mean" else "accuracy_se"
+        se0, se1 = _num(sft.get(se_key)), _num(rl.get(se_key))
+        text = (f"RL {verb} the {_FIELD_LABELS[key].lower()} from {_fmt(before)} to {_fmt(after)}")
+        significant = True
+        if se0 is not None and se1 is not None and (se0 > 0 or se1 > 0):
+            # Two independent evaluations: the difference has standard error sqrt(se0^2 + se1^2).
+            z = (after - before) / math.hypot(se0, se1)
+            significant = abs(z) >= 2
+            text += (f" (± {_fmt(se0)} and ± {_fmt(se1)}, standard errors over the held-out prompts): a change "
+                     f"of {abs(z):.1f} standard errors, "
+                     + ("well outside the noise of one evaluation" if significant else
+                        "within the noise of one evaluation, so not evidence of a change"))
+        css = "ok" if after > before and significant else "warn"
+        out.append(f'<div class="{css}">{html.escape(text)}.</div>')
     s0, s1 = _num(sft.get("score_mean")), _num(rl.get("score_mean"))
     g0, g1 = _num(sft.get("gold_mean")), _num(rl.get("gold_mean"))
     if None not in (s0, s1, g0, g1) and s1 > s0 and g1 < g0:
@@ -180,6 +191,13 @@ def _verdicts(evaluation: dict) -> list[str]:
         out.append(_p(f"The RL policy is {_fmt(kl)} nats per response away from the reference model "
                       "(KL summed over response tokens); 0 would mean it still writes like the SFT model."))
     return out
+
+
+def _noise_to_zero(field: str, value):
+    """kl_to_ref of the reference itself comes out as ~1e-7 (float sums), not 0: show it as 0."""
+    if field == "kl_to_ref" and _num(value) is not None and abs(value) < 1e-5:
+        return 0.0
+    return value
 
 
 def _samples_html(evaluation: dict, max_samples: int) -> str:
@@ -215,7 +233,7 @@ def _rl_html(runs, plots, stages, dirs) -> str:
     rows, _ = runs["rl"]
     if not rows:
         return _p(f"No RL metrics were found in {dirs['rl']}/metrics.jsonl.")
-    return _stage_numbers(stages.get("rl")) + _figures(plots.get("rl", []))
+    return _figures(plots.get("rl", [])) + _stage_numbers(stages.get("rl"))
 
 
 def _rm_html(runs, plots, stages, dirs) -> str:
@@ -230,8 +248,8 @@ def _rm_html(runs, plots, stages, dirs) -> str:
                   "(people agree on about 60-75% of pairs), so RL can only be as good as this judge.")
     keys = ("eval/accuracy", "eval/margin_mean", "eval/score_mean", "eval/score_std", "eval/loss")
     out += _metric_table(rows, keys)
-    out += _stage_numbers(stages.get("rm"))
     out += _figures(plots.get("rm", []))
+    out += _stage_numbers(stages.get("rm"))
     return out or _p("No reward-model metrics were found.")
 
 
@@ -245,8 +263,8 @@ def _sft_html(runs, plots, stages, dirs) -> str:
         out += _p(f"Held-out perplexity after SFT: {_fmt(ppl)} (lower is better): the model imitates the "
                   "demonstrations; RL starts from it.")
     out += _metric_table(rows, ("eval/loss", "eval/ppl", "train/loss", "train/tokens"))
-    out += _stage_numbers(stages.get("sft"))
     out += _figures(plots.get("sft", []))
+    out += _stage_numbers(stages.get("sft"))
     return out or _p("No SFT metrics were found.")
 
 
@@ -355,7 +373,10 @@ def _stage_numbers(numbers) -> str:
             for k, v in numbers.items() if k != "output"]
     out = f'<p class="muted">Output folder: <code>{html.escape(str(numbers.get("output", "")))}</code></p>' \
         if numbers.get("output") else ""
-    return out + (_table(["Summary number", "Value"], body, escape=False) if body else "")
+    if body:  # the stage's final numbers, folded: the curves above tell the story
+        out += (f"<details><summary>Final numbers of this stage ({len(body)})</summary>"
+                f"{_table(['Summary number', 'Value'], body, escape=False)}</details>")
+    return out
 
 
 def _table(head: list[str], body: list[list[str]], escape: bool = True) -> str:

@@ -104,3 +104,19 @@ def test_empty_summary_and_missing_folders_still_give_a_page(tmp_path):
     page = build_report({}, summary, tmp_path / "report.html").read_text()
     assert "No evaluation numbers" in page and "No RL metrics were found" in page
     assert "data:image/png" not in page
+
+
+def test_gold_change_is_judged_against_its_standard_error(tmp_path):
+    # gold 0.41 -> 0.63: with se 0.03 each, z = 0.22 / hypot(0.03, 0.03) = 5.2; with se 0.1 each, z = 1.6
+    summary = _summary({})
+    for policy in ("sft", "rl"):
+        summary["eval"][policy]["gold_se"] = 0.03
+    summary["eval"]["sft"]["kl_to_ref"] = -1.9e-7  # the reference against itself: float noise
+    page = build_report(None, summary, tmp_path / "a.html").read_text()
+    assert "a change of 5.2 standard errors, well outside the noise" in page
+    assert '<td class="num">-1.9e-07</td>' not in page and '<td class="num">0</td>' in page
+    for policy in ("sft", "rl"):
+        summary["eval"][policy]["gold_se"] = 0.1
+    page = build_report(None, summary, tmp_path / "b.html").read_text()
+    assert "a change of 1.6 standard errors, within the noise" in page
+    assert '<div class="warn">RL raised' in page  # not shown as a success
