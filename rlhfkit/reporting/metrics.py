@@ -290,7 +290,7 @@ EVENTS: dict[str, str] = {
     "score_gold_divergence": "The score rose while the gold reward fell: a sign of reward hacking "
                              "(bundled tasks only).",
     "groups_all_dropped": "Every prompt group had equal scores, so the step had no learning signal.",
-    # Run-health detectors (rlhfkit/reporting/health.py, docs/health/): entropy_collapse and
+    # Run-health detectors (rlhfkit/reporting/health/, docs/health/): entropy_collapse and
     # clipfrac_high above are detectors too.
     "kl_runaway": "kl/mean above its limit or growing fast: the policy drifts away from the reference.",
     "reward_hacking": "The score rose while the gold reward fell (or, without gold, while responses grew "
