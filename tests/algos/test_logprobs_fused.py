@@ -77,3 +77,19 @@ def test_bad_arguments():
         logprobs_and_entropy(logits, labels[:, :-1])
     with pytest.raises(ValueError, match="temperature"):
         logprobs_and_entropy(logits, labels, temperature=0.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprob_gradient_through_a_float32_chunk_for_bfloat16_logits(temperature):
+    # bf16 logits: the gradient is computed in a float32 chunk and written back in bf16 (the in-place
+    # path is for logits already in the compute dtype); it equals the float64 reference to bf16 precision.
+    logits, labels = _data(torch.bfloat16)
+    x = logits.clone().requires_grad_(True)
+    ref = logits.double().clone().requires_grad_(True)
+    w = _weights(labels.shape, 4)
+    lp, _ = logprobs_and_entropy(x, labels, temperature=temperature, chunk_size=4)
+    (lp.double() * w).sum().backward()
+    (torch.log_softmax(ref / temperature, -1).gather(-1, labels[..., None]).squeeze(-1) * w).sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    assert torch.allclose(x.grad.double(), ref.grad, atol=2e-2, rtol=2e-2)
+    assert (x.grad.double() - ref.grad).abs().max() < 0.02 * ref.grad.abs().max()
