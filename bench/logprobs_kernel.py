@@ -45,7 +45,7 @@ def run(fn, logits, labels, weights, with_entropy) -> tuple[float, float]:
     lp, ent = fn(x, labels, with_entropy)
     loss = (lp * weights).sum()
     if ent is not None:
-        float(ent.mean())  # logged: the value is needed, the gradient is not
+        float(ent.detach().mean())  # logged: the value is needed, the gradient is not
     t1 = time.perf_counter()
     loss.backward()
     t2 = time.perf_counter()
