@@ -236,7 +236,7 @@ def train_rl(cfg: RLConfig) -> dict:
         save_config(cfg, out_dir)
     set_seed(cfg.seed)
     from rlhfkit.trainers.common import configure_cpu_threads
-    configure_cpu_threads(device)  # 1 thread on a CPU already kept busy by other jobs (see its docstring)
+    threads = configure_cpu_threads(device)  # 1 thread on a CPU already kept busy by other jobs (see its docstring)
     models = build_models(cfg, spec, device)
     trained = {"policy": models.policy, **({"critic": models.critic} if models.critic is not None else {}),
                **({"prm": models.prm} if models.prm is not None else {})}
@@ -292,7 +292,10 @@ def train_rl(cfg: RLConfig) -> dict:
         else (lambda at: NullLogger())
     logger = new_logger(step)
     ranks = f"; {w.size} ranks" if w.enabled else ""
-    logger.event(step, "start", f"{cfg.algo}: {spec.summary}; {len(rows)} prompts ({prompt_stats}){ranks}")
+    # The thread count is part of the record: float sums, and so the sampled tokens, depend on it.
+    cpu = f"; {threads} CPU thread(s)" if device.type == "cpu" else ""
+    logger.event(step, "start", f"{cfg.algo}: {spec.summary}; {len(rows)} prompts ({prompt_stats}){ranks}{cpu}",
+                 threads=threads)
     bar = progress(cfg.steps, desc=f"rl {cfg.algo}", quiet=None if w.main else True)
     bar.update(step)
     stop = StopFlag()

@@ -112,3 +112,18 @@ def test_lora_policy_uses_the_disabled_adapter_as_reference(tiny_dir, data_dir, 
     rows = read_metrics(tmp_path)
     assert len(rows) == 2 and rows[-1]["kl/mean"] != 0.0  # the KL to the adapter-free model is measured
     assert not torch.equal(final_params(tiny_dir), final_params(result["final"]))  # merged adapters saved
+
+
+def test_start_event_records_the_cpu_thread_count(tiny_dir, data_dir, tmp_path):
+    # Float sums (and so every sampled token after them) depend on the thread count: the run says which.
+    from rlhfkit.trainers.rl import train_rl
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # below the core count: configure_cpu_threads leaves it as it is
+    try:
+        out = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "run", algo="grpo", steps=1))
+    finally:
+        torch.set_num_threads(before)
+    events = [json.loads(line) for line in open(f"{out['output']}/metrics.jsonl")]
+    start = next(e for e in events if e.get("event") == "start")
+    assert start["threads"] == 1 and "1 CPU thread(s)" in start["message"]
