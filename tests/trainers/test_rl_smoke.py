@@ -91,6 +91,9 @@ def test_micro_batches_give_the_whole_batch_update(algo, agg, tiny_dir, data_dir
     whole = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "whole", **kw))
     micro = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "micro", micro_batch_size=1 if algo == "ppo" else 2,
                                **kw))
+    # The gradient itself (a wrong normalizer scales it, which Adam's step alone would hide).
+    for key in ("grad/norm", "loss/policy") + (("grad/critic_norm", "loss/value") if algo == "ppo" else ()):
+        assert micro[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-8), key
     start = final_params(tiny_dir)
     a, b = final_params(whole["final"]), final_params(micro["final"])
     assert not torch.allclose(a, start)
