@@ -88,3 +88,14 @@ def test_quickstart_page_commands_and_links():
     # the checker can fail: an unknown task and an unknown flag are both caught
     bad = "```bash\nrlhfkit quickstart --task chess\nrlhfkit quickstart --kl-coeff 0\n```\n"
     assert len(invalid_quickstart_commands(bad)) == 2
+
+
+def test_threads_must_be_zero_or_more():
+    import pytest
+
+    from rlhfkit.config import ConfigError
+    from rlhfkit.quickstart import QuickstartConfig
+
+    with pytest.raises(ConfigError, match="threads must be >= 1, or 0"):
+        QuickstartConfig(threads=-1)
+    assert QuickstartConfig(threads=0).threads == 0
