@@ -83,11 +83,14 @@ def breakdown_table(runs: dict) -> str:
         cells = []
         for col in cols:
             reps = runs[col]
+            if not any(r["parts_s"].get(key) for r in reps):  # a part this algorithm does not have
+                cells += ["", ""]
+                continue
             ours = med(r["parts_s"].get(key) for r in reps)
             floor = med(r["floor_s"].get(floor_key) for r in reps) if floor_key else None
-            present = any(r["parts_s"].get(key) for r in reps)
-            cells += [f"{ours * 1e3:.1f}" if present else "",
-                      (f"{floor * 1e3:.1f}" if floor == floor else "") if floor_key and present else ("-" if present else "")]
+            # "-": the floor has no such piece; "": the floor runs did not time it (nan)
+            floor_cell = "-" if floor is None else f"{floor * 1e3:.1f}" if floor == floor else ""
+            cells += [f"{ours * 1e3:.1f}", floor_cell]
         if any(cells):
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
     rows.append("| logging, rest | " + " | ".join(f"{med(r['rest_s'] for r in runs[c]) * 1e3:.0f} | " for c in cols)

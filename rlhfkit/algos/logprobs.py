@@ -154,9 +154,10 @@ def _logprobs_lse_entropy(z: torch.Tensor, labels: torch.Tensor, with_entropy: b
 def _logprob_grad_into(grad, logits, labels, lse, grad_lp, inv_temperature: float, chunk_size: int) -> None:
     """grad = (onehot(label) - softmax(logits / T)) * grad_lp / T, row chunk by row chunk, computed in place in
     grad's rows when grad is in the compute dtype (no temporaries), else through one float32 chunk."""
+    in_place = grad.dtype == lse.dtype
     for start in range(0, logits.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
-        g = grad[sl] if grad.dtype == lse.dtype else torch.empty(grad[sl].shape, dtype=lse.dtype, device=grad.device)
+        g = grad[sl] if in_place else torch.empty(grad[sl].shape, dtype=lse.dtype, device=grad.device)
         if inv_temperature != 1.0:
             torch.mul(logits[sl], inv_temperature, out=g)
             g.sub_(lse[sl, None])
@@ -168,7 +169,7 @@ def _logprob_grad_into(grad, logits, labels, lse, grad_lp, inv_temperature: floa
         g.scatter_add_(-1, labels[sl, None], rows)
         if inv_temperature != 1.0:
             g.mul_(inv_temperature)
-        if g.data_ptr() != grad[sl].data_ptr():
+        if not in_place:
             grad[sl] = g.to(grad.dtype)
 
 
