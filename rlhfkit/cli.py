@@ -21,6 +21,13 @@ COMMANDS = {
 }
 
 
+# Short synopses: the full flag list is in the grouped sections of `--help`.
+USAGE = {
+    "rl": "rlhfkit rl --policy DIR --prompts FILE --output DIR (--reward-model DIR | --reward-fn FILE.py:FN) "
+          "[--algo NAME] [--config FILE.yaml] [options]",
+}
+
+
 def _load(command: str):
     import importlib
 
@@ -37,8 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rlhfkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, _, _, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           )
+        p = sub.add_parser(name, help=help_text, description=help_text, usage=USAGE.get(name))
         if name == command:  # only the chosen command's config (and its imports) is loaded
             cfg_cls, _ = _load(name)
             add_arguments(p, cfg_cls)

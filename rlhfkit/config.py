@@ -17,15 +17,18 @@ from pathlib import Path
 from typing import Any, Union
 
 
-class ConfigError(ValueError):
-    """A config value or file the user must fix; the message says which and how."""
+from rlhfkit.errors import ConfigError  # noqa: F401  (re-exported: the config layer's error)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
-           choices: tuple | None = None, aliases: tuple[str, ...] = ()):
-    """A dataclass field with its help text (and allowed values) for the CLI and docs; `aliases`:
-    extra flag spellings (e.g. "--num-samples" for `n`, since torchrun reads `--n` as its own)."""
-    meta = {"help": help, "choices": choices, "aliases": tuple(aliases)}
+           choices: tuple | None = None, aliases: tuple[str, ...] = (), flag: str | None = None,
+           group: str | None = None):
+    """A dataclass field with its help text (and allowed values) for the CLI and docs.
+
+    flag: the command-line spelling when it is not `--field-name` (e.g. "--samples-per-prompt" for
+    `n`: torchrun would read `--n` as an abbreviation of its own options); aliases: extra spellings;
+    group: the `--help` section (see `add_arguments`)."""
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "flag": flag, "group": group}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -85,6 +88,8 @@ def _fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
 def build_config(cls, values: dict[str, Any], source: str = "config"):
     """Instantiate `cls` from a plain dict, naming unknown keys and bad values."""
     fields = _fields(cls)
+    if hasattr(cls, "flatten_values"):  # nested YAML sections (e.g. RLConfig's `health:`) -> flat fields
+        values = cls.flatten_values(values, source)
     unknown = [k for k in values if k not in fields]
     if unknown:
         key = unknown[0]
@@ -123,7 +128,7 @@ def to_dict(cfg) -> dict[str, Any]:
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
+    return cfg.nest_values(out) if hasattr(cfg, "nest_values") else out
 
 
 def save_config(cfg, out_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
@@ -138,10 +143,41 @@ def save_config(cfg, out_dir: str | os.PathLike, name: str = "config.yaml") -> P
     return out / name
 
 
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a config field: `--field-name` unless the field names its own."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _groups(parser: argparse.ArgumentParser, cls) -> list[tuple[str, object]]:
+    """(field name, argparse group or the parser) in `--help` order. A config class may list
+    `ARG_GROUPS = {title: (field, ...)}` (in order; the first holds the fields a run cannot do
+    without); a field may also name its group (`option(group=...)`, after the listed ones). Fields in
+    no group come last, in the parser's own section."""
+    titles = dict(getattr(cls, "ARG_GROUPS", {}))
+    fields = dataclasses.fields(cls)
+    for f in fields:
+        title = f.metadata.get("group")
+        if title and title not in titles:
+            titles[title] = ()
+    members = {title: list(names) for title, names in titles.items()}
+    for f in fields:
+        if f.metadata.get("group"):
+            members[f.metadata["group"]].append(f.name)
+    order = []
+    for title, names in members.items():
+        group = parser.add_argument_group(title)
+        order += [(name, group) for name in names]
+    placed = {name for name, _ in order}
+    return order + [(f.name, parser) for f in fields if f.name not in placed]
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One `--field-name` flag per field; unset flags stay absent (so YAML values survive)."""
+    """One `--field-name` flag per field, grouped for `--help`; unset flags stay absent (so YAML values
+    survive)."""
     parser.add_argument("--config", help="YAML file with field: value pairs; flags override it")
-    for name, (f, tp) in _fields(cls).items():
+    fields = _fields(cls)
+    for name, target in _groups(parser, cls):
+        f, tp = fields[name]
         inner, _ = _base_type(tp)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
@@ -151,11 +187,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": name}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
-        flags = ["--" + name.replace("_", "-"), *f.metadata.get("aliases", ())]
+        flags = [flag_of(f), *f.metadata.get("aliases", ())]
         if inner is bool:
-            parser.add_argument(*flags, nargs="?", const="true", metavar="BOOL", **kwargs)
+            target.add_argument(*flags, nargs="?", const="true", metavar="BOOL", **kwargs)
         else:
-            parser.add_argument(*flags, metavar=name.upper(), **kwargs)
+            target.add_argument(*flags, metavar=name.upper(), **kwargs)
 
 
 def config_from_args(cls, args: argparse.Namespace):

@@ -38,14 +38,17 @@ def config_classes() -> dict:
 
 # ---------------------------------------------------------------- checkers (pure: text in, problems out)
 
-def mentions(text: str, field: str) -> bool:
-    """True when `field` appears in backticks or as its flag --field-name (not a prefix of a longer flag)."""
-    flag = "--" + field.replace("_", "-")
+def mentions(text: str, field: str, flag: str | None = None) -> bool:
+    """True when `field` appears in backticks or as its flag (--field-name unless the field names its
+    own), not as a prefix of a longer flag."""
+    flag = flag or "--" + field.replace("_", "-")
     return f"`{field}`" in text or re.search(re.escape(flag) + r"(?![\w-])", text) is not None
 
 
 def missing_fields(cls, text: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if not mentions(text, f.name)]
+    from rlhfkit.config import flag_of
+
+    return [f.name for f in dataclasses.fields(cls) if not mentions(text, f.name, flag_of(f))]
 
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

@@ -34,6 +34,12 @@ from rlhfkit.algos.masking import (
     masked_var,
     masked_whiten,
 )
+from rlhfkit.algos.policy_losses import (
+    POLICY_LOSSES,
+    PolicyLossInputs,
+    compute_policy_loss,
+    register_policy_loss,
+)
 from rlhfkit.algos.ppo import ppo_penalty_loss, ppo_policy_loss, value_loss
 from rlhfkit.algos.prime import implicit_process_rewards, prime_advantages, prime_prm_loss
 from rlhfkit.algos.registry import (
@@ -69,6 +75,7 @@ __all__ = [
     "rloo_advantages", "sequence_returns",
     "ADVANTAGE_ESTIMATORS", "AdvantageInputs", "compute_advantages", "register_advantage_estimator",
     # losses
+    "POLICY_LOSSES", "PolicyLossInputs", "compute_policy_loss", "register_policy_loss",
     "ppo_penalty_loss", "ppo_policy_loss", "value_loss", "entropy_bonus", "entropy_loss", "kl_loss",
     "pairwise_reward_loss", "sft_loss",
     # PRIME

@@ -16,6 +16,16 @@ def _valid(mask: torch.Tensor) -> torch.Tensor:
     return mask.bool() if mask.dtype != torch.bool else mask
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting valid tokens only: cumsum(mask) - 1, clamped at 0.
+
+    attention_mask: (B, T) of 0/1 -> (B, T) int64. Left padding gets position 0; the first valid
+    token 0, the next 1, ...; masked tokens after the row repeat its last position (never read:
+    their outputs are masked). The one helper for every padded batch (rollout, SFT, RM).
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Sum of `x` over valid positions.
 

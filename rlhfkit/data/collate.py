@@ -17,6 +17,8 @@ import bisect
 
 import torch
 
+from rlhfkit.algos.masking import position_ids_from_mask
+
 
 def right_pad(seqs: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
     """Lists of ints -> (N, T) int64, each padded on the right with `value` to T = longest (or `length`)."""
@@ -27,14 +29,6 @@ def right_pad(seqs: list[list[int]], value: int, length: int | None = None) -> t
     for i, seq in enumerate(seqs):
         out[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
     return out
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 0/1 mask -> (B, T) positions counting real tokens from 0; 0 on padding.
-
-    Works for left and right padding alike: position = number of real tokens before this one.
-    """
-    return ((attention_mask.cumsum(-1) - 1).clamp(min=0) * attention_mask).long()
 
 
 def _check_pad(pad_id) -> int:

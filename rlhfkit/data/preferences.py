@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from rlhfkit.data import fields
+import rlhfkit.data.fields as fields
 from rlhfkit.data.errors import DataError, describe, field_error
 from rlhfkit.data.sources import Rows, read_table
 

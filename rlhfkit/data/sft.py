@@ -6,7 +6,7 @@ SFT rows: {"prompt": str | messages, "response": str}.
 
 from __future__ import annotations
 
-from rlhfkit.data import fields
+import rlhfkit.data.fields as fields
 from rlhfkit.data.errors import DataError, field_error
 from rlhfkit.data.sources import Rows, read_table
 

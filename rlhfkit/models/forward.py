@@ -11,15 +11,7 @@ import inspect
 import torch
 
 from rlhfkit.algos.logprobs import logprobs_and_entropy
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counting valid tokens only: cumsum(mask) - 1, clamped at 0.
-
-    attention_mask: (B, T) of 0/1 -> (B, T) int64. Left padding gets position 0; the first valid
-    token 0, the next 1, ...; masked tokens after the response repeat the last position (unused).
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from rlhfkit.algos.masking import position_ids_from_mask  # noqa: F401  (re-exported)
 
 
 _CHUNK_ELEMENTS = 1 << 21  # logits per row chunk in logprobs_and_entropy
@@ -86,3 +78,17 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if return_entropy:
         return logprobs[:, :-1], entropy[:, :-1]
     return logprobs[:, :-1]
+
+
+def token_logprobs(model, batch: dict) -> torch.Tensor:
+    """log p(token t+1 | tokens <= t) of every next token of supervised rows (SFT, PPO-ptx).
+
+    batch: input_ids, attention_mask (or a packed `attention_mask_4d`), position_ids (B, T) ->
+    (B, T-1) float32; column t scores input_ids[:, t + 1]. Mask with loss_mask[:, 1:].
+    """
+    from rlhfkit.algos.logprobs import logprobs_from_logits
+
+    mask = batch.get("attention_mask_4d", batch["attention_mask"])
+    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                   use_cache=False).logits  # (B, T, V)
+    return logprobs_from_logits(logits[:, :-1], batch["input_ids"][:, 1:])

@@ -30,7 +30,7 @@ def resolve_dtype(dtype):
 def loading(name_or_path, what: str = "model"):
     """Turn transformers' OSError for a missing folder / unreachable hub name into a ConfigError
     that names the path and says what to do (no traceback through the hub client)."""
-    from rlhfkit.config import ConfigError
+    from rlhfkit.errors import ConfigError
 
     try:
         yield
@@ -122,9 +122,8 @@ def save_model(model, tokenizer, out_dir) -> str:
     Returns the folder as a string.
     """
     from rlhfkit.models.lora import merged_state_dict, unwrap_peft
-    from rlhfkit.models.scalar_head import ScalarHeadModel
 
-    if isinstance(model, ScalarHeadModel):
+    if getattr(model, "is_scalar_head", False):  # a ScalarHeadModel saves itself
         return model.save_pretrained(out_dir, tokenizer=tokenizer)
     base, is_peft = unwrap_peft(model)
     with atomic_dir(out_dir) as tmp:

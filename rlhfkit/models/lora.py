@@ -13,6 +13,12 @@ from contextlib import contextmanager
 import torch
 
 
+def _adapter_host(model):
+    """The module that carries the adapters: a `ScalarHeadModel`'s backbone (`.model`), else the model.
+    (Recognized by its `is_scalar_head` attribute, so this module needs no import of scalar_head.)"""
+    return model.model if getattr(model, "is_scalar_head", False) else model
+
+
 def unwrap_peft(model):
     """(the transformers model inside, whether `model` is a peft model) for a model or peft wrapper."""
     if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
@@ -33,11 +39,9 @@ def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_
         from peft import LoraConfig, get_peft_model
     except ImportError as err:  # optional dependency
         raise ImportError("LoRA needs peft: pip install 'rlhfkit[lora]'") from err
-    from rlhfkit.models.scalar_head import ScalarHeadModel
-
     common = dict(r=r, lora_alpha=alpha, lora_dropout=dropout,
                   target_modules=target_modules if target_modules is not None else "all-linear")
-    if isinstance(model, ScalarHeadModel):
+    if getattr(model, "is_scalar_head", False):
         config = LoraConfig(task_type="SEQ_CLS", modules_to_save=[model.head_name], **common)
         model.model = get_peft_model(model.model, config)
         return model
@@ -46,10 +50,7 @@ def apply_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_
 
 def is_lora(model) -> bool:
     """True when `model` (or a `ScalarHeadModel`'s inner model) is a peft model."""
-    from rlhfkit.models.scalar_head import ScalarHeadModel
-
-    inner = model.model if isinstance(model, ScalarHeadModel) else model
-    return unwrap_peft(inner)[1]
+    return unwrap_peft(_adapter_host(model))[1]
 
 
 @contextmanager
@@ -59,9 +60,7 @@ def adapters_disabled(model):
     Raises a ValueError for a model without adapters: silently using the policy as its own
     reference would make every KL term zero.
     """
-    from rlhfkit.models.scalar_head import ScalarHeadModel
-
-    inner = model.model if isinstance(model, ScalarHeadModel) else model
+    inner = _adapter_host(model)
     if not unwrap_peft(inner)[1]:
         raise ValueError("adapters_disabled needs a LoRA (peft) model; for a full fine-tune pass a separate "
                          "reference model (load_reference) instead")

@@ -15,16 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhfkit.models.forward import position_ids_from_mask
+from rlhfkit.algos.kl import last_valid_index
+from rlhfkit.algos.masking import position_ids_from_mask
 
 HEAD_NAMES = ("score", "classifier", "v_head")
 REWARD_STATS_FILE = "rlhfkit_reward.json"
-
-
-def last_index_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Column of the last valid token of each row: (B, T) 0/1 -> (B,) int64."""
-    total = attention_mask.shape[1]
-    return total - 1 - attention_mask.long().flip(-1).argmax(-1)
 
 
 def _find_head(model) -> str:
@@ -50,6 +45,8 @@ class ScalarHeadModel(nn.Module):
     token (reward model). `reward_mean` / `reward_std` (None until set) are the reward model's
     score statistics on its eval set, saved beside the weights in `rlhfkit_reward.json`.
     """
+
+    is_scalar_head = True  # how lora.py and loading.py recognize it without importing this module
 
     def __init__(self, model, head_name: str | None = None):
         super().__init__()
@@ -110,7 +107,7 @@ class ScalarHeadModel(nn.Module):
         last_index: (B,) column of each row's last valid token (default: from attention_mask).
         """
         if last_index is None:
-            last_index = last_index_from_mask(attention_mask)
+            last_index = last_valid_index(attention_mask)
         return self.head_scores(self.hidden_states(input_ids, attention_mask, position_ids), last_index)
 
     def normalize(self, scores: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,11 @@ from contextlib import nullcontext
 
 import torch
 
-from rlhfkit.models.forward import position_ids_from_mask, response_logprobs
+from rlhfkit.algos.masking import position_ids_from_mask
+from rlhfkit.models.forward import response_logprobs
 from rlhfkit.rollout.experience import Experience
-from rlhfkit.rollout.generation import GenerationSettings, eval_mode, generate
+from rlhfkit.rollout.engine import HFEngine
+from rlhfkit.rollout.generation import GenerationSettings, eval_mode
 from rlhfkit.rollout.scoring import check_scores
 
 
@@ -65,31 +67,11 @@ def _enter(ref_context, policy):
                     "e.g. rlhfkit.models.adapters_disabled")
 
 
-# Most bytes of decode-step logits (N x max_new_tokens x V float32) worth holding to skip a forward.
-GENERATE_LOGITS_BUDGET = 1 << 30
-
-
-def _logprobs_from_generate_ok(policy, rows: int, settings: GenerationSettings) -> bool:
-    """Take the policy's rollout logprobs from generate's logits instead of a second forward?
-
-    Only where they are exact: float32 / float64 weights (measured max difference to the forward
-    2e-6 in float32; bf16's decode and full forward differ by ~1e-2, which would make the first
-    PPO ratio noise), and only while the held logits fit in GENERATE_LOGITS_BUDGET.
-    """
-    param = next(policy.parameters())
-    if param.dtype not in (torch.float32, torch.float64):
-        return False
-    head = getattr(policy, "get_output_embeddings", lambda: None)()
-    if head is None or getattr(head, "weight", None) is None:
-        return False
-    return rows * settings.max_new_tokens * head.weight.shape[0] * 4 <= GENERATE_LOGITS_BUDGET
-
-
 def make_experience(policy, tokenizer, prompts: list[str], settings: GenerationSettings, reference=None,
                     critic=None, scorer=None, fields: dict | None = None, ref_context=None,
                     add_special_tokens: bool | None = None, forward_batch_size: int | None = None,
                     prompt_ids: list[list[int]] | None = None, policy_logprobs: bool = True,
-                    row_keys: torch.Tensor | None = None) -> Experience:
+                    row_keys: torch.Tensor | None = None, engine=None) -> Experience:
     """Generate `settings.n` responses per prompt and score them; returns an `Experience` (N = B * n rows).
 
     policy: causal LM (or peft model) that samples. reference: a frozen causal LM for
@@ -107,18 +89,19 @@ def make_experience(policy, tokenizer, prompts: list[str], settings: GenerationS
     memory of the (rows, R + 1, V) logits.
     policy_logprobs: False skips the policy's no-grad forward (`logprobs` is None): a trainer that
     updates once on this batch, with the KL not in the reward, gets them from its own forward.
-    With float32 weights the policy logprobs come from generate's logits (no second forward; see
-    `_logprobs_from_generate_ok`); otherwise from a no-grad forward.
+    engine: the rollout `Engine` that samples (default: `HFEngine` on `policy`). When it returns
+    exact logprobs of the sampled tokens (HF generate with float32 weights) they are used; otherwise
+    a no-grad forward of the policy computes them.
     All models run in eval mode (no dropout) without gradients; their modes are restored.
     """
     if reference is not None and ref_context is not None:
         raise ValueError("give either reference (a separate model) or ref_context (LoRA adapters off), not both")
     per_sample_fields = _repeat_fields(fields, len(prompts), settings.n)
     device = _device(policy)
-    from_generate = policy_logprobs and _logprobs_from_generate_ok(policy, len(prompts) * settings.n, settings)
+    engine = engine if engine is not None else HFEngine(policy, tokenizer)
     with torch.no_grad(), eval_mode(policy, reference, critic):
-        gen = generate(policy, tokenizer, prompts, settings, add_special_tokens=add_special_tokens,
-                       prompt_ids=prompt_ids, row_keys=row_keys, return_logprobs=from_generate)
+        gen = engine.generate(prompts, settings, prompt_ids=prompt_ids, row_keys=row_keys,
+                              want_logprobs=policy_logprobs, add_special_tokens=add_special_tokens)
         prompt_length, response_length = gen.prompt_ids.shape[1], gen.response_ids.shape[1]
         mask = gen.response_mask  # (N, R)
         input_ids = torch.cat([gen.prompt_ids, gen.response_ids], dim=1)  # (N, P+R)
@@ -132,7 +115,7 @@ def make_experience(policy, tokenizer, prompts: list[str], settings: GenerationS
 
         logprobs = None
         if policy_logprobs:
-            logprobs = _masked((gen.logprobs if from_generate else logprobs_of(policy)).to(device), mask)
+            logprobs = _masked((gen.logprobs if gen.logprobs is not None else logprobs_of(policy)).to(device), mask)
         ref_logprobs = None
         if ref_context is not None or reference is not None:
             with _enter(ref_context, policy) if ref_context is not None else nullcontext():

@@ -24,19 +24,25 @@ import torch
 
 @dataclass
 class Experience:
-    """One rollout batch; N rows, P prompt columns, R response columns."""
+    """One rollout batch; N rows, P prompt columns, R response columns.
 
-    prompt_ids: torch.Tensor  # (N, P) int64, left-padded
-    prompt_mask: torch.Tensor  # (N, P) int64
-    response_ids: torch.Tensor  # (N, R) int64, right-padded
+    The one batch type of the RL step, from rollout to update: the rollout fills the ids, masks,
+    logprobs, values and scores; the trainer then fills `loss_mask`, `rewards`, `advantages` and
+    `returns`. Micro-batches and a rank's rows are views of it (`select`). A batch gathered from
+    every rank for the step's statistics holds only the per-token and per-row tensors (ids None).
+    """
+
+    prompt_ids: torch.Tensor | None  # (N, P) int64, left-padded
+    prompt_mask: torch.Tensor | None  # (N, P) int64
+    response_ids: torch.Tensor | None  # (N, R) int64, right-padded
     response_mask: torch.Tensor  # (N, R) float32, 1 through the EOS / stop token
-    input_ids: torch.Tensor  # (N, P + R) = [prompt_ids | response_ids]
-    attention_mask: torch.Tensor  # (N, P + R) int64 = [prompt_mask | response_mask]
-    position_ids: torch.Tensor  # (N, P + R) int64 = cumsum(attention_mask) - 1, clamped at 0
+    input_ids: torch.Tensor | None  # (N, P + R) = [prompt_ids | response_ids]
+    attention_mask: torch.Tensor | None  # (N, P + R) int64 = [prompt_mask | response_mask]
+    position_ids: torch.Tensor | None  # (N, P + R) int64 = cumsum(attention_mask) - 1, clamped at 0
     eos: torch.Tensor  # (N,) bool: ended on its own (EOS or stop string); False = cut at max_new_tokens
-    logprobs: torch.Tensor | None = None  # (N, R) float32, policy at sampling time, at the sampling temperature
+    logprobs: torch.Tensor | None = None  # (N, R) float32, policy at sampling time (the update's old_logprobs)
     ref_logprobs: torch.Tensor | None = None  # (N, R) float32, reference policy, same temperature
-    values: torch.Tensor | None = None  # (N, R) float32, critic V(state before response token t)
+    values: torch.Tensor | None = None  # (N, R) float32, critic V(state before response token t) (old values)
     scores: torch.Tensor | None = None  # (N,) float32, one score per sequence (reward model or function)
     prompts: list[str] = field(default_factory=list)  # N prompt texts
     responses: list[str] = field(default_factory=list)  # N response texts (no padding / EOS)
@@ -44,13 +50,14 @@ class Experience:
     group_size: int = 1  # n: rows i*n .. i*n+n-1 answer the same prompt (1 once rows are reshuffled)
     stopped: torch.Tensor | None = None  # (N,) bool, ended by a stop string (subset of eos)
     # Filled by the trainer after scoring (all (N, R) float32):
-    rewards: torch.Tensor | None = None
+    loss_mask: torch.Tensor | None = None  # response_mask, zeroed for dropped groups
+    rewards: torch.Tensor | None = None  # per-token rewards (score on the last token, KL penalty per token)
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
-        return self.input_ids.shape[0]
+        return self.response_mask.shape[0]
 
     @property
     def prompt_length(self) -> int:
@@ -58,12 +65,14 @@ class Experience:
 
     @property
     def response_length(self) -> int:
-        return self.response_ids.shape[1]
+        return self.response_mask.shape[1]
 
     @property
     def last_index(self) -> torch.Tensor:
         """(N,) column in input_ids of each row's last valid token (its EOS, stop or last response token)."""
-        return self.prompt_length + self.response_mask.long().sum(dim=1) - 1
+        from rlhfkit.algos.kl import last_valid_index
+
+        return self.prompt_length + last_valid_index(self.response_mask)
 
     def to(self, device) -> Experience:
         """A copy with every tensor (fields included) on `device`."""

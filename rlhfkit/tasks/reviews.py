@@ -29,7 +29,7 @@ import random
 import re
 from pathlib import Path
 
-from rlhfkit.tasks import review_grammar as G
+import rlhfkit.tasks.review_grammar as G
 from rlhfkit.tasks.base import check_batch, clean_response, resolve_sizes, write_json, write_jsonl
 
 _TOKEN = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]")

@@ -1,14 +1,17 @@
-"""Algorithms are data: which models each needs, its advantage estimator, where its KL goes.
+"""Algorithms are data: which models each needs, its advantage estimator and policy loss, where its KL goes.
 
-The RL loop makes one lookup here (`get_algorithm`) and never compares an algorithm's name.
-Config fields left as None (n, kl placement, whitening, ...) take the algorithm's defaults.
+`ALGORITHMS` holds one `AlgorithmSpec` row per `--algo`. `resolve_algorithm(cfg)` decides every
+effective setting once (config value, else the algorithm's default) and returns an `Algorithm`;
+the RL loop reads only that object, never `cfg.x or spec.x`, and never compares a name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from rlhfkit.config import ConfigError
+from rlhfkit.errors import ConfigError
+
+UPDATES = ("gradient", "trpo")
 
 
 @dataclass(frozen=True)
@@ -16,33 +19,42 @@ class AlgorithmSpec:
     """One RL algorithm of the loop.
 
     advantage: name in `rlhfkit.algos.ADVANTAGE_ESTIMATORS`.
+    policy_loss: name in `rlhfkit.algos.POLICY_LOSSES` ("clip", "penalty", "pg", ...), used by the
+        "gradient" update.
+    update: how the policy moves: "gradient" (its optimizer steps on the summed micro-batch
+        gradients of `policy_loss`) or "trpo" (conjugate-gradient natural step + line search under
+        max_kl; no policy optimizer step).
     critic: trains a value model (GAE needs per-token values).
     kl_placement: "reward" (-beta*KL per token in the reward, Ziegler et al. 2019) or "loss"
         (beta*KL added to the policy loss, GRPO, Shao et al. 2024).
-    policy_loss: "clip" (PPO clipped surrogate), "penalty" (PPO with adaptive KL(old||new) penalty)
-        or "trpo" (conjugate-gradient natural step + line search under max_kl; no policy optimizer).
     n: default samples per prompt (group size); group estimators need n >= 2.
     whiten: default for whitening advantages over the batch (the loop does it, after dropping groups;
         the estimators themselves never whiten here).
-    kl_estimator: default estimator ("k1" in the reward, "k3" in the loss).
+    kl_estimator: the estimator for the default placement ("k1" in the reward, "k3" in the loss).
     process_reward: keeps an implicit process reward model updated online (PRIME).
+    loss_agg, clip_eps, clip_eps_high: the defaults of the config fields of the same names (the
+        aggregation mode of `aggregate_loss`; the ratio clip range of the policy loss).
     """
 
     name: str
     advantage: str
+    policy_loss: str = "clip"
+    update: str = "gradient"
     critic: bool = False
     kl_placement: str = "reward"
-    policy_loss: str = "clip"
     n: int = 1
     whiten: bool = False
     kl_estimator: str = "k1"
     process_reward: bool = False
+    loss_agg: str = "token-mean"
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
     summary: str = ""
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
     AlgorithmSpec("ppo", "gae", critic=True, whiten=True, summary="PPO: GAE critic, clipped surrogate, KL in reward"),
-    AlgorithmSpec("trpo", "gae", critic=True, whiten=True, policy_loss="trpo",
+    AlgorithmSpec("trpo", "gae", critic=True, whiten=True, update="trpo",
                   summary="natural-gradient step under a hard KL limit (Schulman et al. 2015), GAE critic"),
     AlgorithmSpec("ppo-penalty", "gae", critic=True, whiten=True, policy_loss="penalty",
                   summary="PPO with an adaptive KL(old||new) penalty instead of the clip"),
@@ -63,3 +75,78 @@ def get_algorithm(name: str) -> AlgorithmSpec:
         return ALGORITHMS[name]
     except KeyError:
         raise ConfigError(f"unknown algorithm '{name}'; choose one of: {', '.join(ALGORITHMS)}") from None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The effective settings of one run: the spec's defaults with the config's choices applied.
+
+    Decided once by `resolve_algorithm`, logged in the run's `start` event and saved as
+    OUTPUT/algorithm.yaml beside config.yaml.
+    """
+
+    name: str
+    summary: str
+    advantage: str
+    policy_loss: str | None  # None when the update is not a loss (trpo)
+    update: str
+    critic: bool
+    process_reward: bool
+    n: int  # samples per prompt
+    kl_placement: str  # "reward" or "loss"
+    kl_estimator: str
+    kl_in_loss: bool
+    reward_kl_coef: bool  # the KL penalty is charged in the per-token reward
+    needs_reference: bool  # kl_coef > 0, or PRIME's implicit rewards
+    whiten: bool
+    loss_agg: str
+    clip_eps: float
+    clip_eps_high: float | None
+    batch_size: int  # sequences per step: prompts_per_step x n
+    minibatch_size: int  # sequences per optimizer step
+    micro_batch_size: int  # sequences per forward/backward
+    single_pass: bool  # one gradient step on fresh samples: the rollout's policy forward is skipped
+    critic_init: str | None  # folder the critic starts from
+    critic_lr: float | None
+    prime_lr: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _kl_estimator(cfg, spec: AlgorithmSpec, placement: str) -> str:
+    """The configured estimator, else the algorithm's for its own placement, else k3 in the loss / k1
+    in the reward (k1 summed over a response is the unbiased sequence KL that the reward charges)."""
+    if cfg.kl_estimator:
+        return cfg.kl_estimator
+    if placement == spec.kl_placement:
+        return spec.kl_estimator
+    return "k3" if placement == "loss" else "k1"
+
+
+def resolve_algorithm(cfg) -> Algorithm:
+    """Every effective setting of `cfg.algo` under this config (an RLConfig), decided once."""
+    spec = get_algorithm(cfg.algo)
+    n = cfg.n or spec.n
+    placement = cfg.kl_placement or spec.kl_placement
+    batch = cfg.prompts_per_step * n
+    minibatch = cfg.minibatch_size or batch
+    kl_in_reward = cfg.kl_coef > 0 and placement == "reward"
+    # One gradient step on each fresh batch, and nothing before the update needs the policy's
+    # logprobs: the rollout's no-grad forward would equal the update's own detached logprobs.
+    single_pass = (cfg.ppo_epochs == 1 and minibatch == batch and spec.update == "gradient"
+                   and not kl_in_reward and not spec.process_reward and cfg.critic_warmup_steps == 0)
+    return Algorithm(
+        name=spec.name, summary=spec.summary, advantage=spec.advantage,
+        policy_loss=spec.policy_loss if spec.update == "gradient" else None, update=spec.update,
+        critic=spec.critic, process_reward=spec.process_reward, n=n, kl_placement=placement,
+        kl_estimator=_kl_estimator(cfg, spec, placement), kl_in_loss=placement == "loss",
+        reward_kl_coef=placement == "reward", needs_reference=cfg.kl_coef > 0 or spec.process_reward,
+        whiten=spec.whiten if cfg.whiten_advantages is None else cfg.whiten_advantages,
+        loss_agg=cfg.loss_agg or spec.loss_agg, clip_eps=spec.clip_eps if cfg.clip_eps is None else cfg.clip_eps,
+        clip_eps_high=spec.clip_eps_high if cfg.clip_eps_high is None else cfg.clip_eps_high,
+        batch_size=batch, minibatch_size=minibatch, micro_batch_size=cfg.micro_batch_size or minibatch,
+        single_pass=single_pass,
+        critic_init=(cfg.critic or cfg.reward_model or cfg.policy) if spec.critic else None,
+        critic_lr=(cfg.critic_lr or 5 * cfg.lr) if spec.critic else None,
+        prime_lr=(cfg.prime_lr or cfg.lr) if spec.process_reward else None)

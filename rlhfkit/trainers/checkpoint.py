@@ -16,6 +16,10 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.trainers.common import TrainingError
+from rlhfkit.trainers.distributed import (World, is_sharded, load_full_state_dict, load_optimizer_state,
+                                          optimizer_state)
+
 _MARKER = "COMPLETE"
 
 
@@ -90,8 +94,6 @@ def load_checkpoint(path: str | os.PathLike, models: dict) -> dict:
     """Load weights into `models` (name -> module) and return the trainer state."""
     from safetensors.torch import load_file, load_model
 
-    from rlhfkit.trainers.distributed import is_sharded, load_full_state_dict
-
     path = Path(path)
     for name, model in models.items():
         file = path / f"{name}.safetensors"
@@ -102,3 +104,54 @@ def load_checkpoint(path: str | os.PathLike, models: dict) -> dict:
         else:
             load_model(model, str(file), device=str(next(model.parameters()).device))
     return torch.load(path / "trainer_state.pt", weights_only=True)
+
+
+def rank_rng_states(w: World | None) -> dict:
+    """{"rng_ranks": [every rank's RNG state]} for a checkpoint (a collective); {} in one process."""
+    if w is None or not w.enabled:
+        return {}
+    import torch.distributed as dist
+
+    states = [None] * w.size
+    dist.all_gather_object(states, rng_state())
+    return {"rng_ranks": states}
+
+
+def set_rank_rng_state(state: dict, w: World | None, where) -> None:
+    """Restore this rank's RNG from a checkpoint's trainer state; the world size must match."""
+    size, rank = (w.size, w.rank) if w is not None else (1, 0)
+    ranks = state.get("rng_ranks")
+    written = len(ranks) if ranks is not None else 1
+    if written != size:
+        raise TrainingError(f"{where} was written by a run of {written} process(es) and this run has {size}; "
+                            f"resume with the same number of processes (torchrun --nproc_per_node {written})")
+    set_rng_state(ranks[rank] if ranks is not None else state["rng"])
+
+
+def trainer_state(step: int, optimizers: dict, schedulers: dict, stateful: dict, trained: dict,
+                  w: World | None = None) -> dict:
+    """Everything besides weights that a resume needs (weights_only-loadable).
+
+    optimizers: name -> optimizer of the model `trained[name]` (saved as `opt_NAME`, unsharded);
+    schedulers: name -> LR scheduler (`sched_NAME`); stateful: name -> object with state_dict().
+    In a data-parallel run (a collective: every rank calls it) also every rank's RNG state."""
+    return {"step": step, "rng": rng_state(), **rank_rng_states(w),
+            **{f"sched_{k}": s.state_dict() for k, s in schedulers.items()},
+            **{f"opt_{k}": optimizer_state(trained[k], o) for k, o in optimizers.items()},
+            **{k: v.state_dict() for k, v in stateful.items()}}
+
+
+def restore_trainer_state(ckpt, trained: dict, optimizers: dict, schedulers: dict, stateful: dict,
+                          skip=(), w: World | None = None) -> int:
+    """Load checkpoint `ckpt` into models, optimizers, schedulers and stateful objects (those not in
+    `skip`); returns its step. The inverse of `save_checkpoint(..., trainer_state(...))`."""
+    state = load_checkpoint(ckpt, trained)
+    set_rank_rng_state(state, w, ckpt)
+    for name, opt in optimizers.items():
+        load_optimizer_state(trained[name], opt, state[f"opt_{name}"])
+    for name, sched in schedulers.items():
+        sched.load_state_dict(state[f"sched_{name}"])
+    for name, obj in stateful.items():
+        if name not in skip and name in state:  # a checkpoint older than a component keeps its fresh state
+            obj.load_state_dict(state[name])
+    return int(state["step"])

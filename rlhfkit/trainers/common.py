@@ -159,3 +159,19 @@ class StopFlag:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def sft_token_loss(model, batch: dict, normalizer: float):
+    """Sum of -log p(response token) over the micro-batch / normalizer (tokens in the minibatch).
+
+    batch: input_ids, attention_mask, position_ids, loss_mask (B, T); loss_mask[b, t] = 1 when token t is
+    a response token the model must predict from tokens < t.
+    """
+    from rlhfkit.algos import masked_sum, sft_loss
+    from rlhfkit.models import token_logprobs
+
+    logprobs = token_logprobs(model, batch)  # (B, T-1)
+    mask = batch["loss_mask"][:, 1:].to(logprobs.dtype)
+    loss = sft_loss(logprobs, mask, normalizer=normalizer)
+    nll_sum = float(masked_sum(-logprobs.detach(), mask))
+    return loss, {"loss": nll_sum / normalizer, "tokens": float(mask.sum())}

@@ -195,33 +195,6 @@ def gather_rows(w: World, x: torch.Tensor | None, pad_value=0) -> torch.Tensor |
     return torch.cat(parts)
 
 
-def rank_rng_states(w: World | None) -> dict:
-    """{"rng_ranks": [every rank's RNG state]} for a checkpoint (a collective); {} in one process."""
-    from rlhfkit.trainers.checkpoint import rng_state
-
-    if w is None or not w.enabled:
-        return {}
-    import torch.distributed as dist
-
-    states = [None] * w.size
-    dist.all_gather_object(states, rng_state())
-    return {"rng_ranks": states}
-
-
-def set_rank_rng_state(state: dict, w: World | None, where) -> None:
-    """Restore this rank's RNG from a checkpoint's trainer state; the world size must match."""
-    from rlhfkit.trainers.checkpoint import set_rng_state
-    from rlhfkit.trainers.common import TrainingError
-
-    size, rank = (w.size, w.rank) if w is not None else (1, 0)
-    ranks = state.get("rng_ranks")
-    written = len(ranks) if ranks is not None else 1
-    if written != size:
-        raise TrainingError(f"{where} was written by a run of {written} process(es) and this run has {size}; "
-                            f"resume with the same number of processes (torchrun --nproc_per_node {written})")
-    set_rng_state(ranks[rank] if ranks is not None else state["rng"])
-
-
 class NullLogger:
     """The metrics logger of ranks other than 0: accepts everything, writes nothing."""
 
@@ -239,7 +212,7 @@ class NullLogger:
 
 def check_fsdp(cfg, w: World) -> None:
     """Refuse `fsdp` where it cannot work, before any model is loaded."""
-    from rlhfkit.config import ConfigError
+    from rlhfkit.errors import ConfigError
 
     if cfg.fsdp and not w.enabled:
         raise ConfigError("fsdp shards over the processes of a torchrun launch; start it with "
@@ -260,7 +233,7 @@ def shard_model(model, param_dtype: str | None = None, cpu_offload: bool = False
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    from rlhfkit.config import ConfigError
+    from rlhfkit.errors import ConfigError
     from rlhfkit.models.scalar_head import ScalarHeadModel
 
     kwargs = {}

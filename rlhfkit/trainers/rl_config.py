@@ -1,4 +1,5 @@
-"""The configuration of `rlhfkit rl`: one flat dataclass, one field per knob, YAML 1:1."""
+"""The configuration of `rlhfkit rl`: one dataclass, one field per knob, YAML 1:1 (run-health
+settings nested under `health:` in YAML, flat `--health-*` flags on the command line)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,27 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 
+from rlhfkit.algos.kl import KL_ESTIMATORS
+from rlhfkit.algos.masking import AGG_MODES
 from rlhfkit.config import ConfigError, option
-from rlhfkit.reporting.health import HealthConfig
+from rlhfkit.reporting.health import DETECTOR_NAMES, HealthConfig
+from rlhfkit.rollout.engine import ENGINES
+from rlhfkit.trainers.algorithms import ALGORITHMS
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+AGGREGATIONS = AGG_MODES  # the registry's names, never retyped
 
 
 def _health_options():
     """`health_<name>` fields, one per HealthConfig field (thresholds, windows, policies)."""
     hints = typing.get_type_hints(HealthConfig)
     return [(f"health_{f.name}", hints[f.name],
-             option(f.default, f"run health: {f.name.replace('_', ' ')} (docs/health/README.md)"))
+             option(f.default, f"run health: {f.name.replace('_', ' ')} (docs/health/README.md)", group="run health"))
             for f in dataclasses.fields(HealthConfig)]
+
+
+# Which thresholds belong to which detector, for the nested `health:` YAML section.
+_PREFIX = {"kl_runaway": "kl_", "entropy_collapse": "entropy_", "reward_hacking": "hacking_",
+           "value_instability": "value_", "stalled": "stalled_", "clipfrac_high": "clipfrac_"}
 
 
 # The run-health settings as flat fields, so YAML keys and CLI flags stay 1:1 with the config.
@@ -33,8 +43,7 @@ class RLConfig(HealthOptions):
     prompts: str = option(help="prompts: `prompt` or chat `messages` rows (.jsonl/.json/.parquet/.csv/folder/hub); "
                                "extra fields such as `answer` reach reward functions")
     output: str = option(help="output folder (metrics.jsonl, checkpoints/, final/)")
-    algo: str = option("ppo", "ppo, ppo-penalty, trpo, reinforce, rloo, grpo, reinforce++, reinforce++-baseline, "
-                              "prime")
+    algo: str = option("ppo", "the RL algorithm (docs/rl/README.md)", choices=tuple(ALGORITHMS))
     reward_model: str | None = option(None, "reward model folder (saved by `rlhfkit rm`, or any "
                                             "AutoModelForSequenceClassification with num_labels=1)")
     reward_fn: str | None = option(None, "reward function instead of a model: path/to/file.py:fn, module:fn or "
@@ -47,8 +56,8 @@ class RLConfig(HealthOptions):
     # --- rollout
     prompts_per_step: int = option(8, "prompts sampled per RL step")
     n: int | None = option(None, "responses per prompt, in consecutive groups (default: the algorithm's; "
-                                 "1 for ppo/reinforce, 4 for group methods); under torchrun spell it "
-                                 "--num-samples", aliases=("--num-samples",))
+                                 "1 for ppo/reinforce, 4 for group methods); YAML key `n`",
+                           flag="--samples-per-prompt", aliases=("--num-samples",))
     max_prompt_length: int = option(256, "longer prompts are truncated from the left or dropped (see overlong)")
     overlong: str = option("truncate", "over-long prompts: truncate or drop (counted)", choices=("truncate", "drop"))
     max_new_tokens: int = option(64, "response length limit")
@@ -69,10 +78,13 @@ class RLConfig(HealthOptions):
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_steps: int = option(0, "linear learning-rate warm-up, in optimizer steps")
     max_grad_norm: float = option(1.0, "global gradient-norm clip per model (PPO-max); 0 disables")
-    loss_agg: str = option("token-mean", "how token losses become one number", choices=AGGREGATIONS)
+    loss_agg: str | None = option(None, "how token losses become one number (default: the algorithm's, token-mean "
+                                        "for all but gspo)", choices=(None, *AGGREGATIONS))
     # --- policy loss
-    clip_eps: float = option(0.2, "PPO ratio clip (low side, and high side unless clip_eps_high)")
-    clip_eps_high: float | None = option(None, "DAPO clip-higher: a larger upper clip, e.g. 0.28")
+    clip_eps: float | None = option(None, "ratio clip of the policy loss (low side, and high side unless "
+                                          "clip_eps_high); default: the algorithm's, 0.2 for PPO-style losses")
+    clip_eps_high: float | None = option(None, "upper clip (DAPO clip-higher, e.g. 0.28); default: the algorithm's, "
+                                               "else clip_eps")
     dual_clip: float | None = option(None, "dual-clip constant c > 1 bounding the loss for negative advantages")
     penalty_coef: float = option(0.1, "ppo-penalty: initial beta of the KL(old||new) penalty")
     penalty_target: float = option(0.01, "ppo-penalty: KL(old||new) target that adapts beta")
@@ -88,8 +100,8 @@ class RLConfig(HealthOptions):
     kl_coef: float = option(0.05, "beta: initial KL coefficient (0 = no reference model is loaded)")
     kl_target: float | None = option(None, "adaptive KL: per-sequence KL target (Ziegler et al.); None = fixed beta")
     kl_horizon: int = option(10000, "adaptive KL horizon in samples")
-    kl_estimator: str | None = option(None, "k1, k2, k3 or abs (default: k1 in the reward, k3 in the loss)",
-                                      choices=(None, "k1", "k2", "k3", "abs"))
+    kl_estimator: str | None = option(None, "KL estimator (default: the algorithm's for its placement, k1 in the "
+                                            "reward, k3 in the loss)", choices=(None, *KL_ESTIMATORS))
     kl_placement: str | None = option(None, "reward or loss (default: the algorithm's)", choices=(None, "reward", "loss"))
     # --- advantages and rewards
     gamma: float = option(1.0, "discount")
@@ -122,6 +134,65 @@ class RLConfig(HealthOptions):
     fsdp_param_dtype: str | None = option(None, "with fsdp: compute dtype (mixed precision; gradients reduced in "
                                                 "float32)", choices=(None, "bfloat16", "float16"))
     fsdp_cpu_offload: bool = option(False, "with fsdp: keep shards and optimizer state in CPU memory (GPU runs)")
+    engine: str = option("hf", "rollout engine that samples the responses (docs/rl/README.md#rollout-engines)",
+                         choices=tuple(ENGINES))
+
+    # `rlhfkit rl --help` sections, in order; the health_* fields form the last one ("run health").
+    ARG_GROUPS: typing.ClassVar[dict] = {
+        "what to train, on what, judged by what": (
+            "policy", "prompts", "output", "algo", "reward_model", "reward_fn", "gold_fn", "critic", "prompt_field"),
+        "sampling": ("prompts_per_step", "n", "max_prompt_length", "overlong", "max_new_tokens", "temperature",
+                     "top_p", "top_k", "stop_strings", "seeded_sampling", "engine"),
+        "optimization": ("steps", "lr", "weight_decay", "warmup_steps", "max_grad_norm", "loss_agg",
+                         "minibatch_size", "micro_batch_size", "entropy_coef", "ptx_coef", "ptx_data"),
+        "KL to the reference": ("kl_coef", "kl_target", "kl_horizon", "kl_estimator", "kl_placement"),
+        "policy loss (PPO, TRPO, PRIME)": (
+            "ppo_epochs", "clip_eps", "clip_eps_high", "dual_clip", "penalty_coef", "penalty_target", "max_kl",
+            "damping", "cg_iters", "backtrack_ratio", "max_backtracks", "prime_beta", "prime_lr"),
+        "advantages and rewards": ("gamma", "lam", "whiten_advantages", "normalize_rewards", "reward_clip",
+                                   "grpo_std_normalize", "drop_uniform_groups", "baseline_decay"),
+        "critic": ("critic_lr", "value_clip", "critic_warmup_steps"),
+        "models": ("lora_r", "lora_alpha", "dtype", "device", "trust_remote_code"),
+        "distributed": ("fsdp", "fsdp_param_dtype", "fsdp_cpu_offload"),
+        "logging and checkpoints": ("seed", "log_every", "save_every", "resume", "on_nonfinite", "report_to"),
+    }
+
+    @staticmethod
+    def flatten_values(values: dict, source: str = "config") -> dict:
+        """A YAML `health:` section -> the flat health_* fields. Accepted shapes:
+        `health: {kl_runaway: {policy: stop, kl_max: 30}, cooldown: 10}` (per detector: its policy
+        and thresholds) or `health: {kl_max: 30}`; flat `health_kl_max: 30` keys work too."""
+        if "health" not in values:
+            return values
+        values = dict(values)
+        section = values.pop("health") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: `health` must be a mapping (e.g. health: {{kl_runaway: {{policy: stop}}}}), "
+                              f"got {type(section).__name__}")
+        for key, value in section.items():
+            if key in DETECTOR_NAMES and isinstance(value, dict):
+                for name, v in value.items():
+                    values[f"health_{key}_policy" if name == "policy" else f"health_{name}"] = v
+            else:
+                values[f"health_{key}"] = value
+        return values
+
+    @staticmethod
+    def nest_values(values: dict) -> dict:
+        """The inverse of `flatten_values`, for the saved config.yaml: health_* fields under `health:`,
+        each detector's policy and thresholds under its name."""
+        out, health = {}, {}
+        for key, value in values.items():
+            if not key.startswith("health_"):
+                out[key] = value
+                continue
+            name = key.removeprefix("health_")
+            owner = next((d for d in DETECTOR_NAMES if name == f"{d}_policy" or name.startswith(_PREFIX[d])), None)
+            if owner is None:
+                health[name] = value
+            else:
+                health.setdefault(owner, {})["policy" if name == f"{owner}_policy" else name] = value
+        return {**out, "health": health}
 
     def __post_init__(self):
         from rlhfkit.trainers.algorithms import get_algorithm
@@ -131,7 +202,7 @@ class RLConfig(HealthOptions):
             raise ConfigError("give exactly one of --reward-model (a folder) or --reward-fn (file.py:function)")
         n = self.n or spec.n
         if spec.n > 1 and n < 2:
-            raise ConfigError(f"{self.algo} compares samples of the same prompt: --n must be >= 2, got {n}")
+            raise ConfigError(f"{self.algo} compares samples of the same prompt: --samples-per-prompt (n) must be >= 2, got {n}")
         batch = self.prompts_per_step * n
         mb = self.minibatch_size or batch
         if mb > batch or batch % mb:
@@ -147,6 +218,5 @@ class RLConfig(HealthOptions):
         if self.dual_clip is not None and self.dual_clip <= 1:
             raise ConfigError("dual_clip must be > 1 (e.g. 3.0)")
         health = HealthConfig.from_config(self)  # validates every health_* field
-        if any(getattr(health, f"{d}_policy") == "rollback" for d in ("kl_runaway", "entropy_collapse",
-               "reward_hacking", "value_instability", "stalled", "clipfrac_high")) and self.save_every <= 0:
+        if any(getattr(health, f"{d}_policy") == "rollback" for d in DETECTOR_NAMES) and self.save_every <= 0:
             raise ConfigError("a health policy 'rollback' needs --save-every > 0 (checkpoints to roll back to)")

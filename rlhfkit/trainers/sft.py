@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import ConfigError, option, save_config
+from rlhfkit.trainers.common import sft_token_loss
 from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised, shard_for
 
 
@@ -24,22 +25,6 @@ class SFTConfig(SupervisedConfig):
     packing: bool = option(False, "pack several examples into each row of max_length (no attention across them)")
     lora_r: int = option(0, "LoRA rank (0 = full fine-tuning); needs `pip install peft`")
     lora_alpha: int = option(16, "LoRA alpha")
-
-
-def sft_token_loss(model, batch: dict, normalizer: float):
-    """Sum of -log p(response token) over the micro-batch / normalizer (tokens in the minibatch).
-
-    batch: input_ids, attention_mask, position_ids, loss_mask (B, T); loss_mask[b, t] = 1 when token t is
-    a response token the model must predict from tokens < t.
-    """
-    from rlhfkit.algos import logprobs_from_logits
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask_4d", batch["attention_mask"]),
-                   position_ids=batch["position_ids"], use_cache=False).logits  # (B, T, V)
-    logprobs = logprobs_from_logits(logits[:, :-1], batch["input_ids"][:, 1:])  # (B, T-1)
-    mask = batch["loss_mask"][:, 1:].to(logprobs.dtype)
-    nll_sum = -(logprobs * mask).sum()
-    return nll_sum / normalizer, {"loss": float(nll_sum.detach()) / normalizer, "tokens": float(mask.sum())}
 
 
 @torch.no_grad()

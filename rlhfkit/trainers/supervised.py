@@ -16,7 +16,8 @@ import torch
 
 from rlhfkit.config import ConfigError, option
 
-from rlhfkit.trainers.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
+from rlhfkit.trainers.checkpoint import (latest_checkpoint, load_checkpoint, rank_rng_states, rng_state,
+                                        save_checkpoint, set_rank_rng_state)
 from rlhfkit.trainers.common import (RunInterrupted, StopFlag, TrainingError, check_finite, clip_gradients,
                                      make_optimizer, make_scheduler)
 
@@ -113,13 +114,13 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
         state = load_checkpoint(ckpt, {"model": model})
         D.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        D.set_rank_rng_state(state, w, ckpt)
+        set_rank_rng_state(state, w, ckpt)
         step = int(state["step"])
     logger = MetricsLogger(out_dir, backends=tuple(cfg.report_to), resume_step=step) if w.main else D.NullLogger()
 
     def checkpoint():
         state = {"step": step, "optimizer": D.optimizer_state(model, optimizer), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(), **D.rank_rng_states(w)}
+                 "rng": rng_state(), **rank_rng_states(w)}
         weights = D.full_state_dict(model) if sharded else model
         if w.main:
             save_checkpoint(ckpt_root, step, {"model": weights}, state)

@@ -35,7 +35,8 @@ def test_collate_sft_shapes_and_alignment(tok):
     keys = ("input_ids", "attention_mask", "position_ids", "loss_mask")
     assert {k: tuple(v.shape) for k, v in batch.items()} == {k: (2, 6) for k in keys}
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0, 0], [1] * 6]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 0], [0, 1, 2, 3, 4, 5]]
+    # one position helper for every batch (algos.position_ids_from_mask): padding repeats the last position
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 3, 3], [0, 1, 2, 3, 4, 5]]
     assert batch["loss_mask"].tolist() == [[0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]]
     assert batch["input_ids"][0, 3].item() == 1 and batch["input_ids"][0, 4:].tolist() == [PAD, PAD]
 
@@ -65,7 +66,7 @@ def test_collate_preferences_layout(tok):
     assert batch["margin"].tolist() == [2.0, 0.0] and batch["margin"].dtype == torch.float32
     assert batch["chosen_loss_mask"].tolist() == [[0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0]]
     assert batch["loss_mask"][2].tolist() == [0, 0, 1, 1, 1, 1]
-    assert batch["position_ids"][1].tolist() == [0, 1, 2, 0, 0, 0]
+    assert batch["position_ids"][1].tolist() == [0, 1, 2, 2, 2, 2]  # padding repeats the last position
 
 
 def test_pack_sft_layout():

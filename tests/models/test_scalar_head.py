@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from rlhfkit.models import (ScalarHeadModel, last_index_from_mask, load_critic, load_reward_model, load_scalar_model,
+from rlhfkit.algos import last_valid_index as last_index_from_mask
+from rlhfkit.models import (ScalarHeadModel, load_critic, load_reward_model, load_scalar_model,
                             position_ids_from_mask)
 from tests.models.padding import pad_batch
 

@@ -34,11 +34,14 @@ def test_generate_logprobs_equal_a_forward(tiny_model, tiny_tokenizer, temperatu
 
 
 def test_make_experience_uses_generate_only_where_exact(tiny_model, tiny_tokenizer, monkeypatch):
+    from rlhfkit.rollout import engine as E
+
     settings = GenerationSettings(max_new_tokens=4, n=2, temperature=0.8)
-    assert collect._logprobs_from_generate_ok(tiny_model, 6, settings)
-    assert not collect._logprobs_from_generate_ok(copy.deepcopy(tiny_model).to(torch.bfloat16), 6, settings)
-    monkeypatch.setattr(collect, "GENERATE_LOGITS_BUDGET", 6 * 4 * tiny_model.config.vocab_size * 4 - 1)
-    assert not collect._logprobs_from_generate_ok(tiny_model, 6, settings)  # the held logits would not fit
+    assert E.HFEngine(tiny_model, tiny_tokenizer)._logprobs_exact(6, settings)
+    bf16 = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    assert not E.HFEngine(bf16, tiny_tokenizer)._logprobs_exact(6, settings)
+    monkeypatch.setattr(E, "GENERATE_LOGITS_BUDGET", 6 * 4 * tiny_model.config.vocab_size * 4 - 1)
+    assert not E.HFEngine(tiny_model, tiny_tokenizer)._logprobs_exact(6, settings)  # the held logits would not fit
     monkeypatch.undo()
 
     # Either way the experience's logprobs are the same numbers (to float rounding).
@@ -46,8 +49,8 @@ def test_make_experience_uses_generate_only_where_exact(tiny_model, tiny_tokeniz
     real = collect.response_logprobs
     monkeypatch.setattr(collect, "response_logprobs", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
     out = {}
-    for budget in (collect.GENERATE_LOGITS_BUDGET, 0):
-        monkeypatch.setattr(collect, "GENERATE_LOGITS_BUDGET", budget)
+    for budget in (E.GENERATE_LOGITS_BUDGET, 0):
+        monkeypatch.setattr(E, "GENERATE_LOGITS_BUDGET", budget)
         calls.clear()
         torch.manual_seed(1)
         out[budget] = make_experience(tiny_model, tiny_tokenizer, PROMPTS, settings)

@@ -74,8 +74,8 @@ def rl_args(tiny_dir, data_dir, out, algo: str, extra=()) -> list[str]:
 PPO = ["--prompts-per-step", "4", "--minibatch-size", "2", "--ppo-epochs", "2", "--kl-coef", "0.05",
        "--normalize-rewards", "true", "--lr", "1e-3", "--steps", "2"]
 # GRPO: groups of 4 (never split across ranks), KL in the loss, single pass; token-sum aggregation.
-# (`--num-samples` is `--n`: torchrun would read `--n` as an abbreviation of its own flags.)
-GRPO = ["--prompts-per-step", "2", "--num-samples", "4", "--kl-coef", "0.04", "--lr", "1e-3", "--steps", "2",
+# (`--samples-per-prompt` is the field `n`: torchrun would read `--n` as an abbreviation of its own flags.)
+GRPO = ["--prompts-per-step", "2", "--samples-per-prompt", "4", "--kl-coef", "0.04", "--lr", "1e-3", "--steps", "2",
         "--loss-agg", "seq-mean-token-sum-norm"]
 
 

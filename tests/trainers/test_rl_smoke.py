@@ -44,8 +44,9 @@ def test_every_algorithm_runs_three_steps(algo, tiny_dir, data_dir, tmp_path):
     rows = read_metrics(tmp_path / algo)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in REQUIRED:
-        if key == "policy/clipfrac" and ALGORITHMS[algo].policy_loss != "clip":
-            continue  # ppo-penalty does not clip
+        spec = ALGORITHMS[algo]
+        if key == "policy/clipfrac" and (spec.policy_loss == "penalty" or spec.update == "trpo"):
+            continue  # ppo-penalty does not clip; trpo has no clipped loss
         assert key in rows[-1], key
     for row in rows:
         for key, value in row.items():
@@ -71,12 +72,14 @@ def test_cli_rl_runs(algo, tiny_dir, data_dir, tmp_path):
 
 
 def test_no_critic_no_reference_when_not_needed(tiny_dir, data_dir, tmp_path):
-    from rlhfkit.trainers.algorithms import get_algorithm
-    from rlhfkit.trainers.rl import build_models
+    from rlhfkit.trainers.algorithms import resolve_algorithm
+    from rlhfkit.trainers.rl_setup import build_models
 
-    grpo = build_models(rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", kl_coef=0.0), get_algorithm("grpo"), "cpu")
+    cfg = rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", kl_coef=0.0)
+    grpo = build_models(cfg, resolve_algorithm(cfg), "cpu")
     assert grpo.critic is None and grpo.reference is None
-    ppo = build_models(rl_config(tiny_dir, data_dir, tmp_path, algo="ppo"), get_algorithm("ppo"), "cpu")
+    cfg = rl_config(tiny_dir, data_dir, tmp_path, algo="ppo")
+    ppo = build_models(cfg, resolve_algorithm(cfg), "cpu")
     assert ppo.critic is not None and ppo.reference is not None
     assert not any(p.requires_grad for p in ppo.reference.parameters())
 
@@ -105,11 +108,12 @@ def test_micro_batches_give_the_whole_batch_update(algo, agg, tiny_dir, data_dir
 
 
 def test_lora_policy_uses_the_disabled_adapter_as_reference(tiny_dir, data_dir, tmp_path):
-    from rlhfkit.trainers.algorithms import get_algorithm
-    from rlhfkit.trainers.rl import build_models, train_rl
+    from rlhfkit.trainers.algorithms import resolve_algorithm
+    from rlhfkit.trainers.rl import train_rl
+    from rlhfkit.trainers.rl_setup import build_models
 
     cfg = rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", lora_r=4, steps=2)
-    models = build_models(cfg, get_algorithm("grpo"), "cpu")
+    models = build_models(cfg, resolve_algorithm(cfg), "cpu")
     assert models.reference is None and models.ref_context is not None  # no second copy in memory
     result = train_rl(cfg)
     rows = read_metrics(tmp_path)

@@ -1,0 +1,120 @@
+"""One registry of policy losses with one signature: `fn(PolicyLossInputs) -> (loss, stats)`.
+
+Like the advantage registry (`registry.py`): the rl loop fills one `PolicyLossInputs` per
+micro-batch and calls `compute_policy_loss(name, inputs)`; it never branches on a loss's name.
+Every loss returns a scalar with gradient, aggregated by `aggregate_loss`, and a dict of detached
+0-dim statistics that always holds `approx_kl` (k3 estimate of KL(old || new) per token) and
+`ratio_mean`, plus the loss's own (`clipfrac`, ...). The loop logs them as `policy/<name>`.
+
+A new loss is one `@register_policy_loss("name")` function here, its test and its docs page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from rlhfkit.algos.masking import _valid, aggregate_loss, masked_mean
+from rlhfkit.algos.ppo import _log_ratio, ppo_penalty_loss, ppo_policy_loss
+
+
+@dataclass
+class PolicyLossInputs:
+    """Everything any policy loss may read. Token tensors are (B, T), right-padded."""
+
+    logprobs: torch.Tensor
+    """(B, T) log pi(y_t) of the current policy, with gradient."""
+    old_logprobs: torch.Tensor
+    """(B, T) log pi_old(y_t) of the policy that sampled the batch (no gradient)."""
+    advantages: torch.Tensor
+    """(B, T) advantages, 0 on padding."""
+    mask: torch.Tensor
+    """(B, T) loss mask: response tokens, minus dropped groups."""
+    agg: str = "token-mean"
+    """Loss aggregation mode of `aggregate_loss`."""
+    normalizer: float | torch.Tensor | None = None
+    """The whole minibatch's denominator, so micro-batch losses add up to the minibatch loss."""
+    norm_len: int | None = None
+    """Fixed length of seq-mean-token-sum-norm (the max response length)."""
+    clip_eps: float = 0.2
+    """Clip range of the ratio (low side; also the high side unless clip_eps_high)."""
+    clip_eps_high: float | None = None
+    """Upper clip range (DAPO clip-higher); None = clip_eps."""
+    dual_clip: float | None = None
+    """"clip" only: dual-clip constant c > 1 for negative advantages."""
+    penalty_coef: float = 0.1
+    """"penalty" only: beta of the KL(old || new) penalty."""
+
+    def __post_init__(self) -> None:
+        shape = self.mask.shape
+        for name in ("logprobs", "old_logprobs", "advantages"):
+            t = getattr(self, name)
+            if t.dim() != 2 or t.shape != shape:
+                raise ValueError(f"PolicyLossInputs.{name} has shape {tuple(t.shape)}, expected (B, T) = "
+                                 f"{tuple(shape)}")
+
+    @property
+    def high(self) -> float:
+        return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
+
+
+PolicyLoss = Callable[[PolicyLossInputs], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
+    """Decorator adding `fn(inputs) -> (loss, stats)` to POLICY_LOSSES under `name`."""
+
+    def add(fn: PolicyLoss) -> PolicyLoss:
+        if name in POLICY_LOSSES:
+            raise ValueError(f"policy loss {name!r} is already registered")
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return add
+
+
+def compute_policy_loss(name: str, inputs: PolicyLossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run the loss registered as `name`: -> (scalar loss, stats of detached 0-dim tensors)."""
+    try:
+        fn = POLICY_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy loss {name!r}; valid names: {', '.join(sorted(POLICY_LOSSES))}") from None
+    return fn(inputs)
+
+
+def _common(x: PolicyLossInputs) -> dict:
+    return dict(agg=x.agg, normalizer=x.normalizer, norm_len=x.norm_len)
+
+
+def _k3(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid tokens of ratio - 1 - log ratio (k3 estimate of KL(old || new))."""
+    return masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
+
+
+@register_policy_loss("clip")
+def _clip(x: PolicyLossInputs):
+    """PPO's clipped surrogate with clip-higher and dual clip (`ppo_policy_loss`)."""
+    return ppo_policy_loss(x.logprobs, x.old_logprobs, x.advantages, x.mask, clip_eps=x.clip_eps,
+                           clip_eps_high=x.clip_eps_high, dual_clip=x.dual_clip, **_common(x))
+
+
+@register_policy_loss("penalty")
+def _penalty(x: PolicyLossInputs):
+    """PPO with an adaptive KL(old || new) penalty (`ppo_penalty_loss`); its `kl` is the approx_kl."""
+    loss, stats = ppo_penalty_loss(x.logprobs, x.old_logprobs, x.advantages, x.mask, beta=x.penalty_coef,
+                                   **_common(x))
+    return loss, {**stats, "approx_kl": stats["kl"]}
+
+
+@register_policy_loss("pg")
+def _pg(x: PolicyLossInputs):
+    """Plain policy gradient (REINFORCE, Williams 1992): l_t = -A_t log pi(y_t). No ratio, no clip:
+    on later passes over the same batch it ignores how far the policy moved."""
+    loss = aggregate_loss(-x.advantages * x.logprobs, x.mask, **_common(x))
+    with torch.no_grad():
+        log_ratio = _log_ratio(x.logprobs, x.old_logprobs, x.mask)
+        stats = {"approx_kl": _k3(log_ratio, x.mask), "ratio_mean": masked_mean(torch.exp(log_ratio), x.mask)}
+    return loss, stats
