@@ -89,6 +89,10 @@ def _common(x: PolicyLossInputs) -> dict:
     return dict(agg=x.agg, normalizer=x.normalizer, norm_len=x.norm_len)
 
 
+def _aggregate(per_token: torch.Tensor, x: PolicyLossInputs) -> torch.Tensor:
+    return aggregate_loss(per_token, x.mask, x.agg, x.normalizer, x.norm_len)
+
+
 def _k3(log_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over valid tokens of ratio - 1 - log ratio (k3 estimate of KL(old || new))."""
     return masked_mean(torch.exp(log_ratio) - 1.0 - log_ratio, mask)
@@ -113,7 +117,7 @@ def _penalty(x: PolicyLossInputs):
 def _pg(x: PolicyLossInputs):
     """Plain policy gradient (REINFORCE, Williams 1992): l_t = -A_t log pi(y_t). No ratio, no clip:
     on later passes over the same batch it ignores how far the policy moved."""
-    loss = aggregate_loss(-x.advantages * x.logprobs, x.mask, **_common(x))
+    loss = _aggregate(-x.advantages * x.logprobs, x)
     with torch.no_grad():
         log_ratio = _log_ratio(x.logprobs, x.old_logprobs, x.mask)
         stats = {"approx_kl": _k3(log_ratio, x.mask), "ratio_mean": masked_mean(torch.exp(log_ratio), x.mask)}
