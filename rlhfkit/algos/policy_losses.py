@@ -122,3 +122,35 @@ def _pg(x: PolicyLossInputs):
         log_ratio = _log_ratio(x.logprobs, x.old_logprobs, x.mask)
         stats = {"approx_kl": _k3(log_ratio, x.mask), "ratio_mean": masked_mean(torch.exp(log_ratio), x.mask)}
     return loss, stats
+
+
+def sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's length-normalized sequence log-ratio: (B, T) -> (B,),
+    log s_b = (1 / |y_b|) sum_t m_bt (log pi(y_bt) - log pi_old(y_bt)); 0 for a row with no valid token."""
+    valid = _valid(mask)
+    diff = torch.where(valid, logprobs - old_logprobs, torch.zeros((), dtype=logprobs.dtype, device=logprobs.device))
+    return diff.sum(-1) / valid.sum(-1).clamp(min=1)
+
+
+@register_policy_loss("gspo")
+def _gspo(x: PolicyLossInputs):
+    """GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization", eq. 5-7): one importance ratio per
+    sequence, length-normalized, s_b = exp(mean_t log(pi / pi_old)), clipped per sequence:
+      l_bt = max(-A_bt s_b, -A_bt clip(s_b, 1 - clip_eps, 1 + clip_eps_high))
+    With the sequence-level advantages of GRPO (constant over a row) and `seq-mean-token-mean`
+    this is the paper's objective. The paper's clip ranges are tiny (3e-4, 4e-4): a sequence ratio
+    is a geometric mean of token ratios and moves far less than any one of them.
+    stats: clipfrac (share of tokens whose sequence is clipped), approx_kl, ratio_mean (of s_b),
+    ratio_max."""
+    log_s = sequence_log_ratio(x.logprobs, x.old_logprobs, x.mask).clamp(-20.0, 20.0)  # (B,)
+    s = torch.exp(log_s)[:, None].expand_as(x.advantages)  # (B, T)
+    unclipped = -x.advantages * s
+    clipped = -x.advantages * torch.clamp(s, 1.0 - x.clip_eps, 1.0 + x.high)
+    loss = _aggregate(torch.maximum(unclipped, clipped), x)
+    with torch.no_grad():
+        valid = _valid(x.mask)
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), x.mask),
+                 "approx_kl": _k3(_log_ratio(x.logprobs, x.old_logprobs, x.mask), x.mask),
+                 "ratio_mean": masked_mean(s, x.mask),
+                 "ratio_max": torch.where(valid, s, torch.zeros_like(s)).max()}
+    return loss, stats

@@ -65,6 +65,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
     AlgorithmSpec("reinforce++", "reinforce++", whiten=True, summary="return-to-go whitened over the batch, KL in reward"),
     AlgorithmSpec("reinforce++-baseline", "reinforce++-baseline", n=4, whiten=True,
                   summary="group-mean baseline, then batch whitening"),
+    AlgorithmSpec("gspo", "grpo", policy_loss="gspo", n=4, kl_placement="loss", kl_estimator="k3",
+                  loss_agg="seq-mean-token-mean", clip_eps=3e-4, clip_eps_high=4e-4,
+                  summary="group advantages, one clipped importance ratio per sequence (Zheng et al. 2025)"),
     AlgorithmSpec("prime", "prime", n=4, process_reward=True,
                   summary="implicit process rewards from an online PRM + leave-one-out baselines (Cui et al. 2025)"),
 ]}
