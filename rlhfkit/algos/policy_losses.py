@@ -154,3 +154,24 @@ def _gspo(x: PolicyLossInputs):
                  "ratio_mean": masked_mean(s, x.mask),
                  "ratio_max": torch.where(valid, s, torch.zeros_like(s)).max()}
     return loss, stats
+
+
+@register_policy_loss("cispo")
+def _cispo(x: PolicyLossInputs):
+    """CISPO (MiniMax-M1, 2025, eq. 4): REINFORCE with a clipped, stop-gradient importance weight,
+      l_t = -sg(clip(r_t, 1 - clip_eps, 1 + clip_eps_high)) A_t log pi(y_t),   r_t = pi / pi_old.
+    Unlike PPO's clip no token's gradient is dropped: a token outside the range keeps its gradient,
+    with its weight capped. The paper leaves the low side open (a large clip_eps) and tunes the high side.
+    stats: clipfrac (share of tokens whose weight was capped), approx_kl, ratio_mean, ratio_max."""
+    log_ratio = _log_ratio(x.logprobs, x.old_logprobs, x.mask)
+    ratio = torch.exp(log_ratio).detach()
+    low = max(1.0 - x.clip_eps, 0.0)
+    weight = torch.clamp(ratio, low, 1.0 + x.high)
+    loss = _aggregate(-weight * x.advantages * x.logprobs, x)
+    with torch.no_grad():
+        valid = _valid(x.mask)
+        stats = {"clipfrac": masked_mean((weight != ratio).float(), x.mask),
+                 "approx_kl": _k3(log_ratio, x.mask),
+                 "ratio_mean": masked_mean(ratio, x.mask),
+                 "ratio_max": torch.where(valid, ratio, torch.zeros_like(ratio)).max()}
+    return loss, stats

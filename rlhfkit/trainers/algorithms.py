@@ -68,6 +68,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
     AlgorithmSpec("gspo", "grpo", policy_loss="gspo", n=4, kl_placement="loss", kl_estimator="k3",
                   loss_agg="seq-mean-token-mean", clip_eps=3e-4, clip_eps_high=4e-4,
                   summary="group advantages, one clipped importance ratio per sequence (Zheng et al. 2025)"),
+    AlgorithmSpec("cispo", "grpo", policy_loss="cispo", n=4, kl_placement="loss", kl_estimator="k3",
+                  clip_eps=1.0, clip_eps_high=0.28,
+                  summary="REINFORCE with a clipped, stop-gradient importance weight on every token (MiniMax-M1)"),
     AlgorithmSpec("prime", "prime", n=4, process_reward=True,
                   summary="implicit process rewards from an online PRM + leave-one-out baselines (Cui et al. 2025)"),
 ]}
