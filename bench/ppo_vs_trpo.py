@@ -95,7 +95,8 @@ def measure_step_kl(run_updates):
     from rlhfkit.models import response_logits
 
     @functools.wraps(run_updates)
-    def wrapped(cfg, spec, step, batch, models, *args, **kwargs):
+    def wrapped(ctx, step, batch, *args, **kwargs):
+        cfg, models = ctx.cfg, ctx.models
         R = batch.response_length
 
         def logits():  # (B, R, V) at the sampling temperature, as every logprob of the loop
@@ -106,7 +107,7 @@ def measure_step_kl(run_updates):
         t = time.perf_counter()
         before = logits()
         spent = time.perf_counter() - t
-        out = run_updates(cfg, spec, step, batch, models, *args, **kwargs)
+        out = run_updates(ctx, step, batch, *args, **kwargs)
         t = time.perf_counter()
         after = logits()
         mask, labels = batch.loss_mask, batch.input_ids[:, -R:]
@@ -312,9 +313,9 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     prep = prepare(out / "prep")
 
-    import rlhfkit.trainers.rl as rl_loop
+    import rlhfkit.trainers.rl_step as rl_step
 
-    rl_loop.run_updates = measure_step_kl(rl_loop.run_updates)  # the loop calls it through its module
+    rl_step.run_updates = measure_step_kl(rl_step.run_updates)  # the step calls it through its module
     runs = {a: [] for a in args.arms}
     finals = {}
     for seed in args.seeds:

@@ -88,16 +88,18 @@ def instrument(probe: Probe) -> None:
     import rlhfkit.models
     import rlhfkit.reporting
     import rlhfkit.rollout.collect as collect
-    import rlhfkit.trainers.rl as rl
+    import rlhfkit.rollout.engine as engine
+    import rlhfkit.trainers.rl_setup as setup
+    import rlhfkit.trainers.rl_step as rl_step
     import rlhfkit.trainers.rl_update as rl_update
 
-    build_models, build_optimizers = rl.build_models, rl.build_optimizers
+    build_models, build_optimizers = setup.build_models, setup.build_optimizers
 
     def capture_optimizers(*args, **kwargs):
         probe.optimizers = build_optimizers(*args, **kwargs)
         return probe.optimizers
 
-    rl.build_optimizers = capture_optimizers
+    setup.build_optimizers = capture_optimizers
 
     def build_and_wrap(*args, **kwargs):
         models = build_models(*args, **kwargs)
@@ -115,9 +117,9 @@ def instrument(probe: Probe) -> None:
         models.scorer = TimedScorer()
         return models
 
-    rl.build_models = build_and_wrap
+    setup.build_models = build_and_wrap
 
-    generate = collect.generate
+    generate = engine.generate
 
     def generate_and_count(*args, **kwargs):
         out = generate(*args, **kwargs)
@@ -128,10 +130,10 @@ def instrument(probe: Probe) -> None:
         probe.shapes[probe.step] = (rows, p, r, valid)
         return out
 
-    collect.generate = probe.timed(generate_and_count, "generation")
+    engine.generate = probe.timed(generate_and_count, "generation")
     collect.response_logprobs = probe.timed(
         collect.response_logprobs, lambda model, *a, **k: "policy_rollout" if model is probe.models.policy else "reference")
-    rl.shape_rewards = probe.timed(rl.shape_rewards, "advantages")
+    rl_step.shape_rewards = probe.timed(rl_step.shape_rewards, "advantages")
 
     def loss_then(fn, label, backward_label):
         timed = probe.timed(fn, label)
@@ -176,6 +178,9 @@ def instrument(probe: Probe) -> None:
         return bar
 
     rlhfkit.reporting.progress = progress_with_boundaries
+    import rlhfkit.trainers.rl as rl
+
+    rl.progress = progress_with_boundaries  # the loop imported it by name
 
 
 # ---------------------------------------------------------------- the floor
