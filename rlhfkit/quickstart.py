@@ -35,9 +35,9 @@ PRESETS = {
         "rm": dict(epochs=2, batch_size=32, lr=1e-3, max_length=64, lm_coef=0.5), "fast_rm": dict(epochs=1),
         # kl_coef 0.05 in the reward kept the KL to the SFT policy at 3.9-4.8 nats per response (29-39
         # with kl_coef 0, where gold ends near -1 on every seed); 28 tokens cut almost no response.
-        "rl": dict(steps=100, prompts_per_step=16, max_new_tokens=28, lr=3e-4, kl_coef=0.05, max_prompt_length=16,
-                   ppo_epochs=2, minibatch_size=16),
-        "fast_rl": dict(steps=3, prompts_per_step=4, minibatch_size=4),
+        # PPO's own defaults: 2 passes over each batch of 16 (docs/rl/ppo.md, "Defaults").
+        "rl": dict(steps=100, prompts_per_step=16, max_new_tokens=28, lr=3e-4, kl_coef=0.05, max_prompt_length=16),
+        "fast_rl": dict(steps=3, prompts_per_step=4),
         "eval": dict(max_new_tokens=28), "fast_eval": dict(),
     },
     "arithmetic": {

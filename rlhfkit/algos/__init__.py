@@ -12,6 +12,7 @@ from rlhfkit.algos.advantages import (
     rloo_advantages,
     sequence_returns,
 )
+from rlhfkit.algos.diversity import distinct_n, length_quantiles, perplexity, repeated_ngram_fraction
 from rlhfkit.algos.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -48,7 +49,7 @@ from rlhfkit.algos.registry import (
     compute_advantages,
     register_advantage_estimator,
 )
-from rlhfkit.algos.running import MovingAverageBaseline, RunningMoments, normalize_and_clip_scores
+from rlhfkit.algos.running import MovingAverageBaseline, RunningMoments, normalize_and_clip_scores, scale_by_return_std
 from rlhfkit.algos.trpo import (
     conjugate_gradient,
     fisher_vector_product,
@@ -81,7 +82,9 @@ __all__ = [
     # PRIME
     "implicit_process_rewards", "prime_advantages", "prime_prm_loss",
     # running statistics
-    "MovingAverageBaseline", "RunningMoments", "normalize_and_clip_scores",
+    "MovingAverageBaseline", "RunningMoments", "normalize_and_clip_scores", "scale_by_return_std",
+    # response statistics
+    "distinct_n", "length_quantiles", "perplexity", "repeated_ngram_fraction",
     # TRPO
     "conjugate_gradient", "fisher_vector_product", "flat_grad", "flat_params", "mean_kl_old_new",
     "set_flat_params", "surrogate_advantage", "trpo_step",

@@ -59,19 +59,28 @@ def kl_shaped_rewards(
     mask: torch.Tensor,
     kl_coef: float | torch.Tensor,
     estimator: str = "k1",
+    at_end: bool = False,
 ) -> torch.Tensor:
     """Per-token rewards with the KL penalty in the reward (Ziegler et al. 2019, InstructGPT).
 
     scores: (B,); logprobs, ref_logprobs, mask: (B, T) -> rewards (B, T):
       r_t = -kl_coef * KL_t  on valid tokens,  plus scores[b] on the last valid token of row b,
     and 0 on padding. The score goes ON the last valid token, never one slot after it.
+    at_end: charge the response's summed KL once, on its last valid token, instead of per token:
+      r_last = scores[b] - kl_coef * sum_t KL_t, 0 elsewhere. The return from the first token is the
+    same; the returns of later tokens (and GAE with lambda < 1) differ: per token, a token pays for
+    its own divergence only; at the end, every token shares the whole response's bill.
     """
     valid = _valid(mask)
     kl = kl_divergence(logprobs, ref_logprobs, estimator)
-    rewards = torch.where(valid, -kl_coef * kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
+    penalty = torch.where(valid, -kl_coef * kl, torch.zeros((), dtype=kl.dtype, device=kl.device))  # (B, T)
     last = last_valid_index(mask)  # (B,)
-    bonus = torch.zeros_like(rewards).scatter_(-1, last[:, None], scores.to(rewards.dtype)[:, None])
-    return rewards + bonus
+    at_last = scores.to(penalty.dtype)
+    if at_end:
+        at_last = at_last + penalty.sum(-1)
+        penalty = torch.zeros_like(penalty)
+    bonus = torch.zeros_like(penalty).scatter_(-1, last[:, None], at_last[:, None])
+    return penalty + bonus
 
 
 class FixedKLController:

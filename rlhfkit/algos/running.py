@@ -117,3 +117,29 @@ class MovingAverageBaseline:
         self.decay = float(state["decay"])
         self.ema = float(state["ema"])
         self.n_updates = int(state["n_updates"])
+
+
+def scale_by_return_std(
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    moments: RunningMoments,
+    gamma: float = 1.0,
+    update: bool = True,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Reward scaling of PPO-max (Zheng et al. 2023, "Secrets of RLHF", after Engstrom et al. 2020,
+    "Implementation Matters in Deep Policy Gradients"): divide the rewards by the running standard
+    deviation of the discounted returns, without shifting their mean (a shift would change which
+    responses are preferred once the returns are whitened or clipped).
+
+    rewards, mask: (B, T) -> (B, T): rewards / (sigma_G + eps), sigma_G the running std of every
+    sequence's return from its first token G_0 = sum_t gamma^t r_t seen so far, including this
+    batch's when `update` (the default). A single return seen so far has no spread: divide by 1.
+    """
+    from rlhfkit.algos.advantages import discounted_returns
+
+    g0 = discounted_returns(rewards, mask, gamma)[:, 0]  # (B,) return from the first token
+    if update:
+        moments.update(g0)
+    std = moments.std if moments.count > 1 else 1.0
+    return rewards / (std + eps)

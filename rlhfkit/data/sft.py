@@ -14,6 +14,7 @@ SFT_FORMATS = [
     ("prompt_response", ("prompt", "response|completion"), "prompt, response (or completion)"),
     ("alpaca", ("instruction", "output"), "instruction, optional input, output"),
     ("messages", ("messages",), "messages: a chat whose last turn is the assistant's reply"),
+    ("text", ("text",), "text: plain text, every token trained on (pretraining data, e.g. for PPO-ptx)"),
 ]
 
 
@@ -56,11 +57,12 @@ def load_sft(source, format: str | None = None, split: str = "train") -> Rows:
       alpaca: `instruction`, optional `input`, `output`; prompt = instruction, then a blank line
         and the input when it is non-empty;
       messages: a chat; its last turn (must be the assistant's) is the response, the earlier
-        turns are the prompt (earlier assistant turns are context, not trained on).
+        turns are the prompt (earlier assistant turns are context, not trained on);
+      text: plain text, no prompt: {"text": str} rows, every token trained on (no chat template).
     """
     table = read_table(source, split)
     fmt = fields.pick_format(table, SFT_FORMATS, format, "SFT")
-    convert = {"prompt_response": _prompt_response, "alpaca": _alpaca, "messages": _messages}[fmt]
+    convert = {"prompt_response": _prompt_response, "alpaca": _alpaca, "messages": _messages, "text": _text}[fmt]
     out = Rows(stats={"rows": len(table.rows), "format": fmt})
     for i, row in enumerate(table.rows):
         out.append(convert(table.where(i), row))
@@ -73,6 +75,10 @@ def _prompt_response(where: str, row: dict) -> dict:
     key = "response" if row.get("response") is not None or "completion" not in row else "completion"
     response = fields.response_text(where, key, fields.require(where, row, key, needs))
     return {"prompt": prompt, "response": response}
+
+
+def _text(where: str, row: dict) -> dict:
+    return {"text": fields.text(where, "text", fields.require(where, row, "text", "format 'text' needs text"))}
 
 
 def _alpaca(where: str, row: dict) -> dict:

@@ -62,13 +62,21 @@ def tokenize_sft(rows: list[dict], tokenizer, max_length: int, overlong: str = "
     input_ids = prompt ids + response ids + [eos]; loss_mask[t] = 1 where input_ids[t] is a
     response token (EOS included) the model must predict, 0 on the prompt. loss_mask[0] is
     always 0: the first token has nothing before it to be predicted from.
+    Plain-text rows ({"text": str}, the `text` format) have no prompt: the text tokenized as is
+    (with the tokenizer's BOS, no chat template) + [eos], every token after the first trained on.
     stats: {"kept", "truncated", "dropped"}.
     """
     _check_args(tokenizer, max_length, overlong)
+    if rows and "text" in rows[0]:
+        pieces = tokenizer([r["text"] for r in rows])["input_ids"]
+        return _examples([[]] * len(pieces), pieces, tokenizer.eos_token_id, max_length, overlong)
     prompts = [r["prompt"] for r in rows]
     _, prompt_ids = encode_prompts(tokenizer, prompts)
     response_ids = encode_responses(tokenizer, prompts, [r["response"] for r in rows])
-    eos = tokenizer.eos_token_id
+    return _examples(prompt_ids, response_ids, tokenizer.eos_token_id, max_length, overlong)
+
+
+def _examples(prompt_ids, response_ids, eos: int, max_length: int, overlong: str):
     examples, stats = [], {"kept": 0, "truncated": 0, "dropped": 0}
     for p, r in zip(prompt_ids, response_ids):
         ids = p + r + [eos]

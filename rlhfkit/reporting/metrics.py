@@ -177,6 +177,35 @@ METRICS: dict[str, MetricDef] = _defs(
     ("response/truncated_fraction",
      "Fraction of responses cut at max_new_tokens without EOS (1 - eos_fraction).",
      "fraction", "Rising truncation biases scores: the reward model sees unfinished text."),
+    ("response/length_p10", "10th percentile of the response lengths in the batch (linear interpolation).",
+     "tokens", "With p50 and p90: the shape of the length distribution, which a mean hides."),
+    ("response/length_p50", "Median response length in the batch.", "tokens",
+     "A median drifting from the mean means a long tail of runaway (or collapsed) responses."),
+    ("response/length_p90", "90th percentile of the response lengths in the batch.", "tokens",
+     "Creeping up toward max_new_tokens while p50 stays: a few responses learned to ramble."),
+    ("response/distinct_1",
+     "Distinct-1 (Li et al. 2016): distinct token ids / all tokens of the batch's responses.",
+     "fraction", "Falling: the policy's vocabulary narrows (collapse, or one phrase the reward likes)."),
+    ("response/distinct_2",
+     "Distinct-2: distinct token bigrams / all bigrams, each bigram within one response, over the batch.",
+     "fraction", "Falling while the score rises is the textbook face of reward hacking (repetitive output); "
+     "the reward_hacking detector reads it when there is no gold reward."),
+    ("response/repeat_3gram_fraction",
+     "Fraction of the batch's responses in which some token 3-gram occurs at least twice.",
+     "fraction", "Rising: responses loop (\"very very very\"); read by the reward_hacking detector."),
+    ("response/ppl_policy",
+     "Perplexity of the sampled responses under the policy: exp(-mean log pi over response tokens), "
+     "from the rollout's logprobs (or, on a single pass, the update's forward): no extra forward.",
+     "1", "exp(entropy of the samples); collapsing toward 1 means the policy became deterministic."),
+    ("response/ppl_ref",
+     "Perplexity of the sampled responses under the reference policy, from ref_logprobs (logged when a "
+     "reference is loaded).",
+     "1", "Rising far above its start: the policy writes text the SFT model finds unlikely (drift, "
+     "reward hacking); MOSS-RLHF watches it with reward and length."),
+    ("reward/return_std",
+     "Running standard deviation of the sequences' discounted returns that the rewards are divided by "
+     "(scale_rewards, PPO-max reward scaling).",
+     "reward", "Settles after a few steps; a steady climb means the returns' scale keeps growing."),
     # -- optimization ------------------------------------------------------------------------
     ("grad/norm",
      "Global L2 norm of the gradient before clipping (policy; last accumulation step of the step).",

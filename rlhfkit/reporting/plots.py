@@ -61,6 +61,20 @@ PLOT_GROUPS: tuple[PlotGroup, ...] = (
               "collapsing to a few tokens) often signals reward hacking or collapse. The EOS fraction "
               "(right axis) is the share of responses that ended on their own.",
               right=("response/eos_fraction",), ylabel_right="EOS fraction"),
+    PlotGroup("length_spread", "Response length percentiles",
+              ("response/length_p10", "response/length_p50", "response/length_p90"), "tokens",
+              "The 10th, 50th and 90th percentiles of the response lengths: a mean hides a long tail. A p90 "
+              "creeping toward the length limit while p50 stays means a few responses learned to ramble."),
+    PlotGroup("repetition", "Repetition and diversity",
+              ("response/repeat_3gram_fraction", "response/distinct_1", "response/distinct_2"), "fraction",
+              "Share of responses that repeat a 3-gram (loops), and distinct-1/2: distinct tokens and "
+              "bigrams over all of them. Repetition up and diversity down while the score rises is the "
+              "usual face of reward hacking (MOSS-RLHF)."),
+    PlotGroup("perplexity", "Perplexity of the samples", ("response/ppl_policy",), "policy perplexity",
+              "Perplexity of the sampled responses under the policy (exp of their entropy; toward 1 "
+              "means deterministic) and, right axis, under the reference: rising far above its start "
+              "means the policy writes text the SFT model finds unlikely.",
+              right=("response/ppl_ref",), ylabel_right="reference perplexity"),
     PlotGroup("value", "Critic", ("loss/value",), "value loss",
               "The critic predicts the return of each token. Its loss should fall during warmup and "
               "then stay level; explained variance (right axis) near 1 means it predicts well, at or "

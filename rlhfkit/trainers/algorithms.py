@@ -25,8 +25,9 @@ class AlgorithmSpec:
         gradients of `policy_loss`) or "trpo" (conjugate-gradient natural step + line search under
         max_kl; no policy optimizer step).
     critic: trains a value model (GAE needs per-token values).
-    kl_placement: "reward" (-beta*KL per token in the reward, Ziegler et al. 2019) or "loss"
-        (beta*KL added to the policy loss, GRPO, Shao et al. 2024).
+    kl_placement: "reward" (-beta*KL per token in the reward, Ziegler et al. 2019), "reward-end"
+        (the response's summed KL charged once, at its last token) or "loss" (beta*KL added to the
+        policy loss, GRPO, Shao et al. 2024).
     n: default samples per prompt (group size); group estimators need n >= 2.
     whiten: default for whitening advantages over the batch (the loop does it, after dropping groups;
         the estimators themselves never whiten here).
@@ -34,6 +35,8 @@ class AlgorithmSpec:
     process_reward: keeps an implicit process reward model updated online (PRIME).
     loss_agg, clip_eps, clip_eps_high: the defaults of the config fields of the same names (the
         aggregation mode of `aggregate_loss`; the ratio clip range of the policy loss).
+    ppo_epochs, minibatches: default passes over each batch of experience, and the number of
+        minibatches (optimizer steps) per pass: PPO's data reuse. 1, 1 is one gradient step per batch.
     """
 
     name: str
@@ -49,14 +52,18 @@ class AlgorithmSpec:
     loss_agg: str = "token-mean"
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
+    ppo_epochs: int = 1
+    minibatches: int = 1
     summary: str = ""
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {s.name: s for s in [
-    AlgorithmSpec("ppo", "gae", critic=True, whiten=True, summary="PPO: GAE critic, clipped surrogate, KL in reward"),
+    # PPO reuses each batch: 2 passes over it (docs/rl/ppo.md, "Defaults", has the measurement behind it).
+    AlgorithmSpec("ppo", "gae", critic=True, whiten=True, ppo_epochs=2,
+                  summary="PPO: GAE critic, clipped surrogate, KL in reward"),
     AlgorithmSpec("trpo", "gae", critic=True, whiten=True, update="trpo",
                   summary="natural-gradient step under a hard KL limit (Schulman et al. 2015), GAE critic"),
-    AlgorithmSpec("ppo-penalty", "gae", critic=True, whiten=True, policy_loss="penalty",
+    AlgorithmSpec("ppo-penalty", "gae", critic=True, whiten=True, policy_loss="penalty", ppo_epochs=2,
                   summary="PPO with an adaptive KL(old||new) penalty instead of the clip"),
     AlgorithmSpec("reinforce", "reinforce", summary="Monte-Carlo return minus a moving-average baseline"),
     AlgorithmSpec("rloo", "rloo", n=4, summary="REINFORCE leave-one-out: baseline = mean of the other samples"),
@@ -99,15 +106,17 @@ class Algorithm:
     critic: bool
     process_reward: bool
     n: int  # samples per prompt
-    kl_placement: str  # "reward" or "loss"
+    kl_placement: str  # "reward", "reward-end" or "loss"
     kl_estimator: str
     kl_in_loss: bool
-    reward_kl_coef: bool  # the KL penalty is charged in the per-token reward
+    reward_kl_coef: bool  # the KL penalty is charged in the reward (per token, or summed at the end)
+    kl_at_end: bool  # "reward-end": the response's summed KL charged at its last token
     needs_reference: bool  # kl_coef > 0, or PRIME's implicit rewards
     whiten: bool
     loss_agg: str
     clip_eps: float
     clip_eps_high: float | None
+    ppo_epochs: int  # passes over each batch of experience
     batch_size: int  # sequences per step: prompts_per_step x n
     minibatch_size: int  # sequences per optimizer step
     micro_batch_size: int  # sequences per forward/backward
@@ -130,28 +139,37 @@ def _kl_estimator(cfg, spec: AlgorithmSpec, placement: str) -> str:
     return "k3" if placement == "loss" else "k1"
 
 
+def default_minibatch_size(cfg, spec: AlgorithmSpec, batch: int) -> int:
+    """`batch / spec.minibatches` when that divides the batch, else the whole batch (a batch too
+    small to split keeps one optimizer step per pass rather than failing)."""
+    if cfg.minibatch_size:
+        return cfg.minibatch_size
+    return batch // spec.minibatches if batch % spec.minibatches == 0 else batch
+
+
 def resolve_algorithm(cfg) -> Algorithm:
     """Every effective setting of `cfg.algo` under this config (an RLConfig), decided once."""
     spec = get_algorithm(cfg.algo)
     n = cfg.n or spec.n
     placement = cfg.kl_placement or spec.kl_placement
     batch = cfg.prompts_per_step * n
-    minibatch = cfg.minibatch_size or batch
-    kl_in_reward = cfg.kl_coef > 0 and placement == "reward"
+    minibatch = default_minibatch_size(cfg, spec, batch)
+    epochs = cfg.ppo_epochs or spec.ppo_epochs
+    kl_in_reward = cfg.kl_coef > 0 and placement != "loss"
     # One gradient step on each fresh batch, and nothing before the update needs the policy's
     # logprobs: the rollout's no-grad forward would equal the update's own detached logprobs.
-    single_pass = (cfg.ppo_epochs == 1 and minibatch == batch and spec.update == "gradient"
+    single_pass = (epochs == 1 and minibatch == batch and spec.update == "gradient"
                    and not kl_in_reward and not spec.process_reward and cfg.critic_warmup_steps == 0)
     return Algorithm(
         name=spec.name, summary=spec.summary, advantage=spec.advantage,
         policy_loss=spec.policy_loss if spec.update == "gradient" else None, update=spec.update,
         critic=spec.critic, process_reward=spec.process_reward, n=n, kl_placement=placement,
         kl_estimator=_kl_estimator(cfg, spec, placement), kl_in_loss=placement == "loss",
-        reward_kl_coef=placement == "reward", needs_reference=cfg.kl_coef > 0 or spec.process_reward,
+        reward_kl_coef=placement != "loss", kl_at_end=placement == "reward-end", needs_reference=cfg.kl_coef > 0 or spec.process_reward,
         whiten=spec.whiten if cfg.whiten_advantages is None else cfg.whiten_advantages,
         loss_agg=cfg.loss_agg or spec.loss_agg, clip_eps=spec.clip_eps if cfg.clip_eps is None else cfg.clip_eps,
         clip_eps_high=spec.clip_eps_high if cfg.clip_eps_high is None else cfg.clip_eps_high,
-        batch_size=batch, minibatch_size=minibatch, micro_batch_size=cfg.micro_batch_size or minibatch,
+        ppo_epochs=epochs, batch_size=batch, minibatch_size=minibatch, micro_batch_size=cfg.micro_batch_size or minibatch,
         single_pass=single_pass,
         critic_init=(cfg.critic or cfg.reward_model or cfg.policy) if spec.critic else None,
         critic_lr=(cfg.critic_lr or 5 * cfg.lr) if spec.critic else None,

@@ -13,6 +13,7 @@ from rlhfkit.config import ConfigError, option
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthConfig
 from rlhfkit.rollout.engine import ENGINES
 from rlhfkit.trainers.algorithms import ALGORITHMS
+from rlhfkit.trainers.presets import PRESETS, apply_preset
 
 AGGREGATIONS = AGG_MODES  # the registry's names, never retyped
 
@@ -44,6 +45,8 @@ class RLConfig(HealthOptions):
                                "extra fields such as `answer` reach reward functions")
     output: str = option(help="output folder (metrics.jsonl, checkpoints/, final/)")
     algo: str = option("ppo", "the RL algorithm (docs/rl/README.md)", choices=tuple(ALGORITHMS))
+    preset: str | None = option(None, "a named set of defaults that explicit settings override: "
+                                      + ", ".join(PRESETS) + " (docs/rl/ppo-max.md)", choices=(None, *PRESETS))
     reward_model: str | None = option(None, "reward model folder (saved by `rlhfkit rm`, or any "
                                             "AutoModelForSequenceClassification with num_labels=1)")
     reward_fn: str | None = option(None, "reward function instead of a model: path/to/file.py:fn, module:fn or "
@@ -69,7 +72,8 @@ class RLConfig(HealthOptions):
                                           "samples whatever the batch split or number of ranks (docs/distributed.md)")
     # --- optimisation
     steps: int = option(100, "RL steps (rollout + update)")
-    ppo_epochs: int = option(1, "passes over each batch of experience")
+    ppo_epochs: int | None = option(None, "passes over each batch of experience (default: the algorithm's; 2 for "
+                                          "ppo and ppo-penalty, 1 for the others)")
     minibatch_size: int | None = option(None, "sequences per optimizer step (default: the whole batch)")
     micro_batch_size: int | None = option(None, "sequences per forward/backward (gradient accumulation; "
                                                 "the gradient equals the whole minibatch's)")
@@ -102,13 +106,16 @@ class RLConfig(HealthOptions):
     kl_horizon: int = option(10000, "adaptive KL horizon in samples")
     kl_estimator: str | None = option(None, "KL estimator (default: the algorithm's for its placement, k1 in the "
                                             "reward, k3 in the loss)", choices=(None, *KL_ESTIMATORS))
-    kl_placement: str | None = option(None, "reward or loss (default: the algorithm's)", choices=(None, "reward", "loss"))
+    kl_placement: str | None = option(None, "reward (per token), reward-end (summed, at the last token) or loss "
+                                            "(default: the algorithm's)", choices=(None, "reward", "reward-end", "loss"))
     # --- advantages and rewards
     gamma: float = option(1.0, "discount")
     lam: float = option(0.95, "GAE lambda")
     whiten_advantages: bool | None = option(None, "whiten advantages over the batch (default: the algorithm's)")
     normalize_rewards: bool = option(False, "PPO-max: normalize scores by running mean/std")
     reward_clip: float | None = option(None, "PPO-max: clip (normalized) scores to [-c, c]")
+    scale_rewards: bool = option(False, "PPO-max reward scaling: divide the rewards by the running std of the "
+                                        "discounted returns (no mean shift)")
     grpo_std_normalize: bool = option(True, "GRPO: divide by the group std (False = Dr. GRPO)")
     drop_uniform_groups: bool = option(False, "DAPO dynamic sampling: drop groups whose scores are all equal")
     baseline_decay: float = option(0.9, "reinforce: moving-average baseline decay")
@@ -140,7 +147,7 @@ class RLConfig(HealthOptions):
     # `rlhfkit rl --help` sections, in order; the health_* fields form the last one ("run health").
     ARG_GROUPS: typing.ClassVar[dict] = {
         "what to train, on what, judged by what": (
-            "policy", "prompts", "output", "algo", "reward_model", "reward_fn", "gold_fn", "critic", "prompt_field"),
+            "policy", "prompts", "output", "algo", "preset", "reward_model", "reward_fn", "gold_fn", "critic", "prompt_field"),
         "sampling": ("prompts_per_step", "n", "max_prompt_length", "overlong", "max_new_tokens", "temperature",
                      "top_p", "top_k", "stop_strings", "seeded_sampling", "engine"),
         "optimization": ("steps", "lr", "weight_decay", "warmup_steps", "max_grad_norm", "loss_agg",
@@ -149,7 +156,7 @@ class RLConfig(HealthOptions):
         "policy loss (PPO, TRPO, PRIME)": (
             "ppo_epochs", "clip_eps", "clip_eps_high", "dual_clip", "penalty_coef", "penalty_target", "max_kl",
             "damping", "cg_iters", "backtrack_ratio", "max_backtracks", "prime_beta", "prime_lr"),
-        "advantages and rewards": ("gamma", "lam", "whiten_advantages", "normalize_rewards", "reward_clip",
+        "advantages and rewards": ("gamma", "lam", "whiten_advantages", "normalize_rewards", "reward_clip", "scale_rewards",
                                    "grpo_std_normalize", "drop_uniform_groups", "baseline_decay"),
         "critic": ("critic_lr", "value_clip", "critic_warmup_steps"),
         "models": ("lora_r", "lora_alpha", "dtype", "device", "trust_remote_code"),
@@ -197,6 +204,8 @@ class RLConfig(HealthOptions):
     def __post_init__(self):
         from rlhfkit.trainers.algorithms import get_algorithm
 
+        if self.preset is not None:
+            apply_preset(self, getattr(self, "_given", set()))
         spec = get_algorithm(self.algo)
         if (self.reward_model is None) == (self.reward_fn is None):
             raise ConfigError("give exactly one of --reward-model (a folder) or --reward-fn (file.py:function)")
@@ -204,7 +213,9 @@ class RLConfig(HealthOptions):
         if spec.n > 1 and n < 2:
             raise ConfigError(f"{self.algo} compares samples of the same prompt: --samples-per-prompt (n) must be >= 2, got {n}")
         batch = self.prompts_per_step * n
-        mb = self.minibatch_size or batch
+        from rlhfkit.trainers.algorithms import default_minibatch_size
+
+        mb = default_minibatch_size(self, spec, batch)
         if mb > batch or batch % mb:
             raise ConfigError(f"minibatch_size {mb} must divide the batch of prompts_per_step x n = {batch}")
         if self.micro_batch_size is not None and (self.micro_batch_size > mb or mb % self.micro_batch_size):
@@ -220,3 +231,15 @@ class RLConfig(HealthOptions):
         health = HealthConfig.from_config(self)  # validates every health_* field
         if any(getattr(health, f"{d}_policy") == "rollback" for d in DETECTOR_NAMES) and self.save_every <= 0:
             raise ConfigError("a health policy 'rollback' needs --save-every > 0 (checkpoints to roll back to)")
+
+
+def _remember_given(init):
+    """Wrap the dataclass __init__ to note which fields the caller set, so a preset fills only the others."""
+    def __init__(self, **kwargs):
+        object.__setattr__(self, "_given", set(kwargs))
+        init(self, **kwargs)
+    __init__.__doc__ = init.__doc__
+    return __init__
+
+
+RLConfig.__init__ = _remember_given(RLConfig.__init__)

@@ -68,10 +68,11 @@ class Controllers:
     moments: A.RunningMoments  # reward normalization
     baseline: A.MovingAverageBaseline  # reinforce
     health: HealthMonitor
+    return_moments: A.RunningMoments  # reward scaling (std of the returns)
 
     def stateful(self) -> dict:
         return {"kl_ctl": self.kl, "penalty_ctl": self.penalty, "moments": self.moments, "baseline": self.baseline,
-                "health": self.health}
+                "health": self.health, "return_moments": self.return_moments}
 
 
 @dataclass
@@ -144,14 +145,16 @@ def build_controllers(cfg) -> Controllers:
           else A.FixedKLController(cfg.kl_coef))
     return Controllers(kl=kl, penalty=A.AdaptivePenaltyCoef(cfg.penalty_coef, cfg.penalty_target),
                        moments=A.RunningMoments(), baseline=A.MovingAverageBaseline(cfg.baseline_decay),
-                       health=HealthMonitor.from_config(cfg))
+                       health=HealthMonitor.from_config(cfg), return_moments=A.RunningMoments())
 
 
-def ptx_stream(cfg, tokenizer, device, rank: int = 0):
+def ptx_stream(cfg, algo: Algorithm, tokenizer, device, rank: int = 0):
     """PPO-ptx demonstrations (any `rlhfkit sft` format), endlessly reshuffled, one micro-batch per call."""
     from rlhfkit.data import collate_sft, load_sft, tokenize_sft
 
     examples, _ = tokenize_sft(load_sft(cfg.ptx_data), tokenizer, cfg.max_prompt_length + cfg.max_new_tokens)
+    # one demonstration micro-batch per optimizer step: micro_batch_size, else minibatch_size, else
+    # prompts_per_step rows (as given in the config, not the algorithm's defaults)
     size = cfg.micro_batch_size or cfg.minibatch_size or cfg.prompts_per_step
     gen = torch.Generator().manual_seed(cfg.seed + 7919 * rank)  # each rank its own demonstrations
     for _ in itertools.count():
@@ -201,7 +204,7 @@ def setup_rl(cfg) -> RLRun:
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                   top_k=cfg.top_k, n=algo.n, stop_strings=tuple(cfg.stop_strings))
     ctl = build_controllers(cfg)
-    ptx = ptx_stream(cfg, models.tokenizer, device, w.rank) if cfg.ptx_coef > 0 else None
+    ptx = ptx_stream(cfg, algo, models.tokenizer, device, w.rank) if cfg.ptx_coef > 0 else None
     if w.enabled:  # ranks sample different responses (unless seeded_sampling makes them row-keyed)
         torch.manual_seed(cfg.seed + 1_000_003 * w.rank)
     # Dropout stays off for the whole run (eval mode also while training): the update's logprobs

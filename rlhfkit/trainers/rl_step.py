@@ -7,6 +7,7 @@ it. Everything an algorithm changes comes from `run.algo` (resolved once), never
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import torch
@@ -53,7 +54,8 @@ def rl_step(run, step: int) -> tuple[dict, list]:
         process, prm_stats = update_prm(cfg, models, run.opt, exp, step)
         metrics.update(prm_stats)
     # 3-4. rewards (scores, KL), advantages, loss mask: filled into the batch
-    metrics.update(shape_rewards(cfg, algo, view, run.ctl.kl.value, run.ctl.moments, run.ctl.baseline, process))
+    metrics.update(shape_rewards(cfg, algo, view, run.ctl.kl.value, run.ctl.moments, run.ctl.baseline, process,
+                                 run.ctl.return_moments))
     shard = Shard(lo * n, view.loss_mask, w) if w.enabled else None
     batch = local_rows(view, exp, lo * n) if w.enabled else view
     # 5-6. policy and critic updates (the critic alone during warm-up)
@@ -64,6 +66,7 @@ def rl_step(run, step: int) -> tuple[dict, list]:
         metrics.update(run_updates(ctx, step, batch, update_policy=step >= cfg.critic_warmup_steps, shard=shard))
     else:
         events.append(("groups_all_dropped", "every group had equal scores; no update this step"))
+    metrics.update(perplexities(view, metrics.pop("_nll_policy", None)))
     run.engine.sync_weights(models.policy)
     # 7. KL controllers
     metrics["kl/coef"] = run.ctl.kl.value
@@ -78,8 +81,10 @@ def rl_step(run, step: int) -> tuple[dict, list]:
     return metrics, events
 
 
-def shape_rewards(cfg, algo, exp: Experience, kl_coef: float, moments, baseline, process_rewards=None) -> dict:
-    """Stages 3-4: normalized (and clipped) scores, the KL, per-token rewards and advantages.
+def shape_rewards(cfg, algo, exp: Experience, kl_coef: float, moments, baseline, process_rewards=None,
+                  return_moments=None) -> dict:
+    """Stages 3-4: normalized (and clipped) scores, the KL, per-token rewards (scaled by the returns' std
+    with `scale_rewards`) and advantages.
 
     Fills exp.rewards, exp.advantages, exp.returns and exp.loss_mask (all (N, R)); returns metrics.
     """
@@ -103,10 +108,13 @@ def shape_rewards(cfg, algo, exp: Experience, kl_coef: float, moments, baseline,
         metrics["kl/mean"] = float(kl_tok.sum(-1).mean())
         metrics["kl/token_mean"] = float(A.masked_mean(kl_tok, mask))
         rewards = A.kl_shaped_rewards(scores, exp.logprobs, ref, mask, kl_coef if algo.reward_kl_coef else 0.0,
-                                      estimator=algo.kl_estimator)
+                                      estimator=algo.kl_estimator, at_end=algo.kl_at_end)
     else:
         metrics["kl/mean"] = 0.0
         rewards = A.kl_shaped_rewards(scores, exp.logprobs, exp.logprobs, mask, 0.0)
+    if cfg.scale_rewards:  # PPO-max: rewards / running std of the returns, no mean shift
+        rewards = A.scale_by_return_std(rewards, mask, return_moments, cfg.gamma)
+        metrics["reward/return_std"] = return_moments.std
     inputs = A.AdvantageInputs(token_rewards=rewards, mask=mask, values=exp.values, group_size=exp.group_size,
                                gamma=cfg.gamma, lam=cfg.lam, normalize_std=cfg.grpo_std_normalize,
                                baseline=baseline, process_rewards=process_rewards, whiten=False,
@@ -141,12 +149,31 @@ def rollout_metrics(exp: Experience, gold_scores=None) -> dict:
            "response/length_mean": float(lengths.mean()), "response/length_max": float(lengths.max()),
            "response/eos_fraction": float(exp.eos.float().mean()),
            "response/truncated_fraction": 1.0 - float(exp.eos.float().mean())}
+    p10, p50, p90 = A.length_quantiles(exp.response_mask)
+    out.update({"response/length_p10": p10, "response/length_p50": p50, "response/length_p90": p90})
+    if exp.response_ids is not None:
+        out.update({"response/distinct_1": A.distinct_n(exp.response_ids, exp.response_mask, 1),
+                    "response/distinct_2": A.distinct_n(exp.response_ids, exp.response_mask, 2),
+                    "response/repeat_3gram_fraction": A.repeated_ngram_fraction(exp.response_ids, exp.response_mask, 3)})
     if gold_scores is not None:
         out["reward/gold_mean"] = float(gold_scores.float().mean())
     return out
 
 
-_GATHERED = ("scores", "response_mask", "logprobs", "ref_logprobs", "values", "eos")
+_GATHERED = ("scores", "response_ids", "response_mask", "logprobs", "ref_logprobs", "values", "eos")
+
+
+def perplexities(exp: Experience, nll_policy: float | None = None) -> dict:
+    """Perplexity of the sampled responses under the policy and the reference, from the step's own
+    log-probabilities (no extra forward): the rollout's, or (single pass) the update's mean NLL."""
+    out = {}
+    if exp.logprobs is not None:
+        out["response/ppl_policy"] = A.perplexity(exp.logprobs, exp.response_mask)
+    elif nll_policy is not None:
+        out["response/ppl_policy"] = math.exp(nll_policy)
+    if exp.ref_logprobs is not None:
+        out["response/ppl_ref"] = A.perplexity(exp.ref_logprobs, exp.response_mask)
+    return out
 
 
 def global_view(w, exp: Experience, gold_scores=None) -> tuple[Experience, torch.Tensor | None]:
@@ -156,8 +183,8 @@ def global_view(w, exp: Experience, gold_scores=None) -> tuple[Experience, torch
     if not w.enabled:
         return exp, gold_scores
     gathered = {k: gather_rows(w, getattr(exp, k)) for k in _GATHERED}
-    view = Experience(prompt_ids=None, prompt_mask=None, response_ids=None, input_ids=None, attention_mask=None,
-                      position_ids=None, group_size=exp.group_size, **gathered)
+    view = Experience(prompt_ids=None, prompt_mask=None, input_ids=None, attention_mask=None, position_ids=None,
+                      group_size=exp.group_size, **gathered)
     return view, gather_rows(w, gold_scores)
 
 

@@ -85,6 +85,8 @@ def policy_loss_micro(ctx: UpdateContext, mb: Experience, normalizer: float, min
         dual_clip=cfg.dual_clip, penalty_coef=ctx.penalty_coef, **common))
     means = {f"policy/{k}": float(v) for k, v in stats.items()}
     means["policy/entropy"] = float(A.masked_mean(entropy.detach(), mb.loss_mask))
+    if mb.logprobs is None:  # single pass: the response perplexity comes from this forward (popped by rl_step)
+        means["_nll_policy"] = float(A.masked_mean(-logprobs.detach(), mb.loss_mask))
     sums = {"loss/policy": float(loss.detach())}
     if mb.logprobs is None and mb.ref_logprobs is not None:
         # kl/mean (k1 summed per sequence, mean over the minibatch's sequences) from this forward.
@@ -152,7 +154,7 @@ def run_updates(ctx: UpdateContext, step: int, batch: Experience, update_policy:
     acc = Accumulator()
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     policy = POLICY_UPDATES[algo.update] if update_policy else None
-    for _ in range(cfg.ppo_epochs):
+    for _ in range(algo.ppo_epochs):
         order = torch.randperm(n, generator=gen) if mb_size < n else torch.arange(n)
         for start in range(0, n, mb_size):
             rows = order[start:start + mb_size]  # global row indices

@@ -134,3 +134,21 @@ def test_adaptive_penalty_coef_rule():
     assert ctl.value == 2.0
     ctl.update(0.005)  # < target / 1.5
     assert ctl.value == 1.0
+
+
+def test_kl_at_end_charges_the_summed_kl_on_the_last_token():
+    from rlhfkit.algos import discounted_returns, kl_shaped_rewards
+
+    scores = torch.tensor([1.0, 2.0])
+    lp = torch.tensor([[-1.0, -1.0, -1.0], [-2.0, -1.0, 0.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.2], [-1.0, -1.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    per_token = kl_shaped_rewards(scores, lp, ref, mask, 0.1)
+    at_end = kl_shaped_rewards(scores, lp, ref, mask, 0.1, at_end=True)
+    # k1 = lp - ref: row 0 (0.5, 0, -0.8) -> -0.1 * sum = 0.03; row 1 (-1, 0) -> +0.1
+    torch.testing.assert_close(at_end, torch.tensor([[0.0, 0.0, 1.03], [0.0, 2.1, 0.0]]))
+    torch.testing.assert_close(per_token, torch.tensor([[-0.05, 0.0, 1.08], [0.1, 2.0, 0.0]]))
+    # the return from the first token is the same; later tokens' returns differ
+    g_tok, g_end = discounted_returns(per_token, mask), discounted_returns(at_end, mask)
+    torch.testing.assert_close(g_tok[:, 0], g_end[:, 0])
+    assert not torch.allclose(g_tok[:, 1], g_end[:, 1])

@@ -56,3 +56,23 @@ def test_moving_average_baseline():
     assert other.value == base.value and other.decay == 0.5
     with pytest.raises(ValueError, match="decay"):
         MovingAverageBaseline(1.0)
+
+
+def test_scale_by_return_std_hand_computed():
+    from rlhfkit.algos import RunningMoments, scale_by_return_std
+
+    rewards = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    moments = RunningMoments()
+    # returns from the first token (gamma 1): 1 and 3 -> population std 1: the rewards are unchanged
+    torch.testing.assert_close(scale_by_return_std(rewards, mask, moments), rewards, atol=1e-6, rtol=0)
+    # next batch: returns 3 and 9 -> all four (1, 3, 3, 9): mean 4, population std 3; no mean shift
+    out = scale_by_return_std(rewards * 3, mask, moments)
+    torch.testing.assert_close(out, rewards, rtol=1e-6, atol=1e-7)
+    # gamma discounts the return: 0.5 * 1 and 0.25 * 3 on a fresh moment
+    moments = RunningMoments()
+    scale_by_return_std(rewards, mask, moments, gamma=0.5)
+    assert moments.mean == pytest.approx((0.5 + 0.75) / 2)
+    # a single return seen so far has no spread: divide by 1
+    one = RunningMoments()
+    torch.testing.assert_close(scale_by_return_std(rewards[:1], mask[:1], one), rewards[:1])

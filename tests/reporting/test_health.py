@@ -187,19 +187,30 @@ def test_value_instability_spike_and_negative_explained_variance():
     assert falling == []
 
 
-def test_stalled_needs_score_kl_and_approx_kl_all_flat():
+def test_stalled_with_a_reference_reads_the_kl_not_approx_kl():
+    # A policy pinned by a large kl_coef with several PPO passes per batch: approx_kl between passes is
+    # well above 1e-4, but the policy does not leave the reference and the score does not move.
     rng = random.Random(1)
     flat = [{"step": s, "reward/score_mean": 0.3 + rng.gauss(0, 1e-4), "reward/score_std": 0.4,
-             "kl/mean": rng.gauss(0, 0.01), "policy/approx_kl": 1e-6, "policy/entropy": 2.0,
+             "kl/mean": rng.gauss(0, 0.01), "kl/coef": 0.5, "policy/approx_kl": 0.01, "policy/entropy": 2.0,
              "policy/clipfrac": 0.0, "response/length_mean": 20.0} for s in range(1, 41)]
     warnings = scan(flat)
     assert fired(warnings) == {"stalled"} and warnings[0].step == HealthConfig().stalled_window
-    moving_policy = [dict(r, **{"policy/approx_kl": 0.01}) for r in flat]
-    assert scan(moving_policy) == []
     drifting_kl = [dict(r, **{"kl/mean": 0.5}) for r in flat]
     assert scan(drifting_kl) == []
     rising_score = [dict(r, **{"reward/score_mean": 0.01 * r["step"]}) for r in flat]
     assert scan(rising_score) == []
+
+
+def test_stalled_without_a_reference_reads_approx_kl():
+    # kl_coef 0: no reference, kl/mean is logged as 0 and cannot tell; the update's own step size does.
+    rng = random.Random(2)
+    flat = [{"step": s, "reward/score_mean": 0.3 + rng.gauss(0, 1e-4), "reward/score_std": 0.4,
+             "kl/mean": 0.0, "kl/coef": 0.0, "policy/approx_kl": 1e-6, "policy/entropy": 2.0,
+             "policy/clipfrac": 0.0, "response/length_mean": 20.0} for s in range(1, 41)]
+    assert fired(scan(flat)) == {"stalled"}
+    moving_policy = [dict(r, **{"policy/approx_kl": 0.01}) for r in flat]
+    assert scan(moving_policy) == []
 
 
 # ------------------------------------------------------------------------------ monitor behaviour

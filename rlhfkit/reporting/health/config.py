@@ -16,7 +16,7 @@ DETECTOR_NAMES = ("kl_runaway", "entropy_collapse", "reward_hacking", "value_ins
 # The metrics the detectors read; nothing else is kept in the history.
 WATCHED = ("kl/mean", "kl/coef", "policy/entropy", "reward/score_mean", "reward/score_std", "reward/gold_mean",
            "response/length_mean", "loss/value", "value/explained_variance", "policy/clipfrac",
-           "policy/approx_kl")
+           "policy/approx_kl", "response/repeat_3gram_fraction", "response/distinct_2")
 
 
 
@@ -50,6 +50,8 @@ class HealthConfig:
     hacking_t: float = 3.0           # trend t-statistic that counts as "clearly rising / falling"
     hacking_length_growth: float = 1.5   # without gold: score rising and length x this over the window
     hacking_entropy_drop: float = 0.5    # without gold: score rising and entropy (log-perplexity) x this
+    hacking_repetition_rise: float = 0.2  # without gold: ... or the share of looping responses up by this
+    hacking_diversity_drop: float = 0.7   # without gold: ... or distinct-2 down to this x its start
     # 4. value_instability: the critic cannot track the returns
     value_instability_policy: str = "warn"
     value_window: int = 10
@@ -61,7 +63,7 @@ class HealthConfig:
     stalled_window: int = 20
     stalled_score_change: float = 0.05   # |score trend x window| below this x mean reward/score_std...
     stalled_kl: float = 0.05             # ...and |mean kl/mean| below this (nats/sequence)...
-    stalled_approx_kl: float = 1e-4      # ...and mean policy/approx_kl below this (nats/token)
+    stalled_approx_kl: float = 1e-4      # ...without a reference (kl/coef 0): mean policy/approx_kl below this
     # 6. clipfrac_high: each update moves the policy too far
     clipfrac_high_policy: str = "warn"
     clipfrac_window: int = 5
@@ -83,7 +85,8 @@ class HealthConfig:
         for name in ("cooldown", "max_rollbacks"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{_field(name)} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("kl_rising", "entropy_fraction", "hacking_entropy_drop"):
+        for name in ("kl_rising", "entropy_fraction", "hacking_entropy_drop", "hacking_diversity_drop",
+                     "hacking_repetition_rise"):
             if not 0.0 < float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{_field(name)} must lie in (0, 1], got {getattr(self, name)!r}")
         for name in ("kl_growth", "hacking_length_growth", "value_spike"):

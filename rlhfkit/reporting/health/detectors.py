@@ -128,7 +128,10 @@ def detect_reward_hacking(cfg: HealthConfig, history: dict, initial: dict) -> Fi
     with reward/gold_mean logged on the same steps, gold clearly falls (t < -`hacking_t`); without
     gold, response/length_mean grows by more than `hacking_length_growth` (last third / first third)
     or policy/entropy, the log-perplexity of the policy's own samples, falls below
-    `hacking_entropy_drop` x its first-third value."""
+    `hacking_entropy_drop` x its first-third value, or the output turns repetitive: the share of
+    responses with a repeated 3-gram rises by `hacking_repetition_rise` or distinct-2 falls below
+    `hacking_diversity_drop` x its first-third value (MOSS-RLHF: repetitive output is the usual face
+    of reward hacking)."""
     w = cfg.hacking_window
     score = _last(history, "reward/score_mean", w)
     if score is None:
@@ -162,6 +165,18 @@ def detect_reward_hacking(cfg: HealthConfig, history: dict, initial: dict) -> Fi
         if e0 > 0 and e1 < cfg.hacking_entropy_drop * e0:
             figures.update(entropy_start=e0, entropy_end=e1)
             signs.append(f"policy/entropy (the log-perplexity of its samples) fell from {_fmt(e0)} to {_fmt(e1)}")
+    repeat = _last(history, "response/repeat_3gram_fraction", w)
+    if repeat is not None:
+        r0, r1 = _thirds(_values(repeat))
+        if r1 - r0 > cfg.hacking_repetition_rise:
+            figures.update(repeat_start=r0, repeat_end=r1)
+            signs.append(f"the share of responses repeating a 3-gram rose from {r0:.0%} to {r1:.0%}")
+    distinct = _last(history, "response/distinct_2", w)
+    if distinct is not None:
+        d0, d1 = _thirds(_values(distinct))
+        if d0 > 0 and d1 < cfg.hacking_diversity_drop * d0:
+            figures.update(distinct2_start=d0, distinct2_end=d1)
+            signs.append(f"response/distinct_2 fell from {_fmt(d0)} to {_fmt(d1)}")
     if not signs:
         return None
     return (figures, f"over {w} steps reward/score_mean rose from {_fmt(s0)} to {_fmt(s1)} (t={t_score:.1f}) "
@@ -205,10 +220,17 @@ def detect_value_instability(cfg: HealthConfig, history: dict, initial: dict) ->
 def detect_stalled(cfg: HealthConfig, history: dict, initial: dict) -> Finding:
     """Over the last `stalled_window` steps, all of: the fitted change of reward/score_mean over the
     window (|slope| x (window - 1)) is at most `stalled_score_change` x the mean within-batch spread
-    reward/score_std; |mean kl/mean| < `stalled_kl`; mean policy/approx_kl < `stalled_approx_kl`."""
+    reward/score_std; and the policy stays where it started: |mean kl/mean| < `stalled_kl` when the
+    KL to a reference is measured (kl/coef > 0), else mean policy/approx_kl < `stalled_approx_kl`.
+    (With several PPO passes per batch approx_kl is never tiny, even for a policy pinned in place by a
+    large kl_coef: the distance to the reference is the measure of not moving.)"""
     w = cfg.stalled_window
     score, approx = _last(history, "reward/score_mean", w), _last(history, "policy/approx_kl", w)
-    if score is None or approx is None:
+    if score is None:
+        return None
+    coef = _last(history, "kl/coef", w)
+    measured = coef is not None and min(_values(coef)) > 0
+    if not measured and approx is None:
         return None
     slope, _ = trend(_values(score))
     change = abs(slope) * (w - 1)
@@ -216,8 +238,9 @@ def detect_stalled(cfg: HealthConfig, history: dict, initial: dict) -> Finding:
     spread = sum(_values(spread_items)) / w if spread_items else 0.0
     kl_items = _last(history, "kl/mean", w)
     kl = abs(sum(_values(kl_items)) / w) if kl_items else 0.0
-    step_kl = sum(_values(approx)) / w
-    if change <= cfg.stalled_score_change * spread and kl < cfg.stalled_kl and step_kl < cfg.stalled_approx_kl:
+    step_kl = sum(_values(approx)) / len(approx) if approx else 0.0
+    still = kl < cfg.stalled_kl if measured else step_kl < cfg.stalled_approx_kl
+    if change <= cfg.stalled_score_change * spread and still:
         return ({"score_change": change, "score_std": spread, "kl/mean": kl, "policy/approx_kl": step_kl},
                 f"nothing moved over {w} steps: reward/score_mean changed by {_fmt(change)} (within-batch std "
                 f"{_fmt(spread)}), mean kl/mean {_fmt(kl)} nats, mean policy/approx_kl {step_kl:.2g} nats/token",
