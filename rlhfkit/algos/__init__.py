@@ -22,7 +22,8 @@ from rlhfkit.algos.kl import (
     last_valid_index,
 )
 from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_from_logits
-from rlhfkit.algos.losses import entropy_bonus, entropy_loss, kl_loss, pairwise_reward_loss, sft_loss
+from rlhfkit.algos.losses import (bradley_terry_nll, entropy_bonus, entropy_loss, kl_loss, pairwise_reward_loss,
+                                  sft_loss)
 from rlhfkit.algos.masking import (
     AGG_MODES,
     aggregate_loss,
@@ -34,6 +35,7 @@ from rlhfkit.algos.masking import (
     masked_var,
     masked_whiten,
 )
+from rlhfkit.algos.ranking import ranking_loss, ranking_pairs
 from rlhfkit.algos.ppo import ppo_penalty_loss, ppo_policy_loss, value_loss
 from rlhfkit.algos.prime import implicit_process_rewards, prime_advantages, prime_prm_loss
 from rlhfkit.algos.registry import (
@@ -70,7 +72,7 @@ __all__ = [
     "ADVANTAGE_ESTIMATORS", "AdvantageInputs", "compute_advantages", "register_advantage_estimator",
     # losses
     "ppo_penalty_loss", "ppo_policy_loss", "value_loss", "entropy_bonus", "entropy_loss", "kl_loss",
-    "pairwise_reward_loss", "sft_loss",
+    "pairwise_reward_loss", "sft_loss", "bradley_terry_nll", "ranking_loss", "ranking_pairs",
     # PRIME
     "implicit_process_rewards", "prime_advantages", "prime_prm_loss",
     # running statistics
