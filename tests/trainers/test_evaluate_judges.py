@@ -105,3 +105,13 @@ def test_review_sheet_errors_name_line_and_field(tmp_path):
     sheet.write_text("\n".join(text) + "\n")
     with pytest.raises(DataError, match=r"r.csv, line 3: field 'verdict': expected 1, 2 or tie"):
         import_review(sheet, key)
+
+
+def test_every_eval_field_is_documented():
+    import dataclasses
+    from pathlib import Path
+
+    from rlhfkit.evaluate import EvalConfig
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text()
+    assert [f.name for f in dataclasses.fields(EvalConfig) if f"`{f.name}`" not in text] == []
