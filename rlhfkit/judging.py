@@ -158,6 +158,15 @@ class LocalJudge:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
 
+    def render(self, text: str) -> str:
+        """The judge's input: the template text as the user turn (chat template if any), then 'Verdict:'."""
+        from rlhfkit.data import has_chat_template
+
+        if has_chat_template(self.tokenizer):
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return text + "Verdict:"
+
     def answers(self, texts: list[str]) -> list[str]:
         import torch
 
@@ -170,10 +179,7 @@ class LocalJudge:
         ids = [tok((" " + o), add_special_tokens=False)["input_ids"][0] for o in options]
         out = []
         for text in texts:
-            if chat:
-                text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                               add_generation_prompt=True)
-            enc = tok([text + "Verdict:"], return_tensors="pt", add_special_tokens=not chat)
+            enc = tok([self.render(text)], return_tensors="pt", add_special_tokens=not chat)
             enc = enc.to(next(self.model.parameters()).device)
             with torch.no_grad():
                 logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],

@@ -115,3 +115,19 @@ def test_every_eval_field_is_documented():
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text()
     assert [f.name for f in dataclasses.fields(EvalConfig) if f"`{f.name}`" not in text] == []
+
+
+def test_local_judge_uses_the_chat_template_and_runs_from_the_cli(tiny_dir, data_dir, tmp_path):
+    from rlhfkit.cli import main
+    from rlhfkit.judging import LocalJudge
+    from rlhfkit.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_dir)
+    assert LocalJudge(None, tok).render("Q") == "QVerdict:"  # no chat template: the text as is
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    assert LocalJudge(None, tok).render("Q") == "<user>Q<assistant>Verdict:"
+    out = tmp_path / "eval"
+    assert main(eval_args(tiny_dir, data_dir, out, "--judge", tiny_dir)) == 0
+    w = json.loads((out / "eval.json").read_text())["win_rate"]
+    # Same model and seed: identical responses, so any verdict is about position and the pairs tie.
+    assert w["ties"] == w["n"] == 4 and w["win_rate"] == 0.5 and w["judge"] == tiny_dir
