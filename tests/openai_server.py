@@ -14,7 +14,8 @@ import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-TEMPLATE = "Question: {prompt}\n<A>{response_a}</A>\n<B>{response_b}</B>\nEnd with 'Verdict: A', 'Verdict: B' or 'Verdict: tie'."
+TEMPLATE = ("Question: {prompt}\n<A>{response_a}</A>\n<B>{response_b}</B>\n"
+            "End with 'Verdict: A', 'Verdict: B' or 'Verdict: tie'.")
 
 
 class _Handler(BaseHTTPRequestHandler):
