@@ -10,7 +10,7 @@ import logging
 
 from rlhfkit.data import fields
 from rlhfkit.data.errors import DataError, describe, field_error
-from rlhfkit.data.sources import Rows, read_table
+from rlhfkit.data.sources import Rows, Table, read_table
 
 logger = logging.getLogger("rlhfkit.data")
 
@@ -42,7 +42,7 @@ def load_preferences(source, format: str | None = None, split: str = "train", id
     """
     if identical not in ("error", "drop"):
         raise ValueError(f"identical must be 'error' or 'drop', got {identical!r}")
-    table = read_table(source, split)
+    table = source if isinstance(source, Table) else read_table(source, split)  # a Table: already read
     fmt = fields.pick_format(table, PREFERENCE_FORMATS, format, "preference")
     convert = {"prompt_chosen_rejected": _prompt_chosen_rejected, "hh_rlhf": _hh_rlhf, "shp": _shp,
                "webgpt": _webgpt, "summarize_from_feedback": _summarize}[fmt]

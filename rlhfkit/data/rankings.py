@@ -36,7 +36,7 @@ def load_rankings(source, format: str | None = None, split: str = "train", ident
     """
     table = read_table(source, split)
     if format != RANKED_FORMAT and (format is not None or "responses" not in table.rows[0]):
-        pairs = load_preferences(source, format=format, split=split, identical=identical,
+        pairs = load_preferences(table, format=format, split=split, identical=identical,
                                  group_by=group_by)
         out = Rows([{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "ranks": [1, 2],
                      "margin": p["margin"], "group": p.get("group")} for p in pairs], pairs.stats)
