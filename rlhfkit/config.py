@@ -187,6 +187,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": name}
         if f.metadata.get("choices"):
             kwargs["choices"] = f.metadata["choices"]
+        if f.metadata.get("append"):  # a repeatable flag: --data a --data b
+            kwargs["action"] = "append"
         flags = [flag_of(f), *f.metadata.get("aliases", ())]
         if inner is bool:
             target.add_argument(*flags, nargs="?", const="true", metavar="BOOL", **kwargs)

@@ -23,7 +23,8 @@ from rlhfkit.algos.kl import (
     last_valid_index,
 )
 from rlhfkit.algos.logprobs import entropy_from_logits, logprobs_from_logits
-from rlhfkit.algos.losses import entropy_bonus, entropy_loss, kl_loss, pairwise_reward_loss, sft_loss
+from rlhfkit.algos.losses import (bradley_terry_nll, entropy_bonus, entropy_loss, kl_loss, pairwise_reward_loss,
+                                  sft_loss)
 from rlhfkit.algos.masking import (
     AGG_MODES,
     aggregate_loss,
@@ -41,6 +42,7 @@ from rlhfkit.algos.policy_losses import (
     compute_policy_loss,
     register_policy_loss,
 )
+from rlhfkit.algos.ranking import ranking_loss, ranking_pairs
 from rlhfkit.algos.ppo import ppo_penalty_loss, ppo_policy_loss, value_loss
 from rlhfkit.algos.prime import implicit_process_rewards, prime_advantages, prime_prm_loss
 from rlhfkit.algos.registry import (
@@ -78,7 +80,7 @@ __all__ = [
     # losses
     "POLICY_LOSSES", "PolicyLossInputs", "compute_policy_loss", "register_policy_loss",
     "ppo_penalty_loss", "ppo_policy_loss", "value_loss", "entropy_bonus", "entropy_loss", "kl_loss",
-    "pairwise_reward_loss", "sft_loss",
+    "pairwise_reward_loss", "sft_loss", "bradley_terry_nll", "ranking_loss", "ranking_pairs",
     # PRIME
     "implicit_process_rewards", "prime_advantages", "prime_prm_loss",
     # running statistics

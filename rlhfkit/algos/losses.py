@@ -73,16 +73,34 @@ def sft_loss(
     return aggregate_loss(-logprobs, mask, agg, normalizer, norm_len)
 
 
+def bradley_terry_nll(gap: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-pair Bradley-Terry loss of the gap d = r_better - r_worse (- margin): any shape -> same shape.
+
+      l(d) = -[(1 - e) log sigmoid(d) + e log sigmoid(-d)]     e = label_smoothing
+    e = 0 is the plain loss; e > 0 is the conservative (label-smoothed) form, which assumes each
+    label is flipped with probability e, so a confident wrong-looking pair costs at most linearly
+    and the optimum gap is log((1 - e) / e) instead of infinity (noisy labels: MOSS-RLHF part II).
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    loss = -F.logsigmoid(gap)
+    if label_smoothing:
+        loss = (1.0 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-gap)
+    return loss
+
+
 def pairwise_reward_loss(
     chosen_scores: torch.Tensor,
     rejected_scores: torch.Tensor,
     margin: float | torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Bradley-Terry reward-model loss (Ouyang et al. 2022, eq. 1; margin as in Llama 2).
 
     chosen_scores, rejected_scores: (B,); margin: float or (B,) -> scalar:
       L = mean_b -log sigmoid(r_c - r_r - margin)
     computed with logsigmoid, so gaps of +-1000 give 0 and 1000 rather than NaN or inf.
+    label_smoothing e > 0: the conservative form of `bradley_terry_nll`.
     """
     if chosen_scores.shape != rejected_scores.shape:
         raise ValueError(f"pairwise_reward_loss: chosen {tuple(chosen_scores.shape)} and rejected "
@@ -90,4 +108,4 @@ def pairwise_reward_loss(
     gap = chosen_scores - rejected_scores
     if margin is not None:
         gap = gap - margin
-    return -F.logsigmoid(gap).mean()
+    return bradley_terry_nll(gap, label_smoothing).mean()

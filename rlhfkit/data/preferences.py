@@ -10,7 +10,7 @@ import logging
 
 import rlhfkit.data.fields as fields
 from rlhfkit.data.errors import DataError, describe, field_error
-from rlhfkit.data.sources import Rows, read_table
+from rlhfkit.data.sources import Rows, Table, read_table
 
 logger = logging.getLogger("rlhfkit.data")
 
@@ -29,17 +29,20 @@ PREFERENCE_FORMATS = [
      "Summarize from Feedback comparisons: info {post, title, subreddit}, summaries [{text}, {text}], choice"),
 ]
 
-def load_preferences(source, format: str | None = None, split: str = "train", identical: str = "error") -> Rows:
+def load_preferences(source, format: str | None = None, split: str = "train", identical: str = "error",
+                     group_by: str | None = None) -> Rows:
     """Preference rows [{"prompt": str | messages, "chosen": str, "rejected": str, "margin": float | None}].
 
     Formats (detected from the first row's fields, or forced with `format=`): see
     `PREFERENCE_FORMATS` and docs/data.md. WebGPT ties (equal scores) are dropped and counted.
     identical: "error" (default) raises `DataError` naming a row whose chosen and rejected are
     equal; "drop" skips and counts such rows. Counts are in the result's `.stats` and logged.
+    group_by: a field of the raw rows copied (as a string) into each pair's "group"; the name
+    "source_file" means the file when rows have no such field (see `row_group`).
     """
     if identical not in ("error", "drop"):
         raise ValueError(f"identical must be 'error' or 'drop', got {identical!r}")
-    table = read_table(source, split)
+    table = source if isinstance(source, Table) else read_table(source, split)  # a Table: already read
     fmt = fields.pick_format(table, PREFERENCE_FORMATS, format, "preference")
     convert = {"prompt_chosen_rejected": _prompt_chosen_rejected, "hh_rlhf": _hh_rlhf, "shp": _shp,
                "webgpt": _webgpt, "summarize_from_feedback": _summarize}[fmt]
@@ -47,6 +50,8 @@ def load_preferences(source, format: str | None = None, split: str = "train", id
     for i, row in enumerate(table.rows):
         where = table.where(i)
         pair = convert(where, row)
+        if pair is not None and group_by:
+            pair["group"] = row_group(where, row, group_by, table.name)
         if pair is None:  # a tie: no preference to learn from
             out.stats["dropped_ties"] += 1
             continue
@@ -64,6 +69,17 @@ def load_preferences(source, format: str | None = None, split: str = "train", id
     if not out:
         raise DataError(f"{table.name}: every row was dropped ({out.stats}); nothing to train on.")
     return out
+
+
+def row_group(where: str, row: dict, group_by: str, source_name: str) -> str:
+    """The row's group for per-group metrics: str(row[group_by]); "source_file" falls back to the file."""
+    if group_by == "source_file" and row.get(group_by) in (None, ""):
+        return source_name
+    value = row.get(group_by)
+    if value is None or value == "" or isinstance(value, (dict, list)):
+        raise field_error(where, group_by, "a group name (string or number) for --group-by", value,
+                          "Give every row this field, or group by another one.")
+    return str(value)
 
 
 def _pair(prompt, chosen: str, rejected: str, margin: float | None = None) -> dict:

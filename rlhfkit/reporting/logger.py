@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.reporting.metrics import INFO_EVENTS, METRICS, _unknown_message
+from rlhfkit.reporting.metrics import INFO_EVENTS, METRICS, _unknown_message, definition_key
 from rlhfkit.reporting.terminal import Progress, progress  # noqa: F401  (the brief's home for it)
 
 BACKENDS = ("jsonl", "tensorboard", "wandb")
@@ -146,7 +146,7 @@ class MetricsLogger:
     def _check_name(self, name: str) -> None:
         if not isinstance(name, str):
             raise TypeError(f"metric names must be strings, got {name!r}")
-        if name in METRICS or name in self._warned_unknown:
+        if definition_key(name) in METRICS or name in self._warned_unknown:
             return
         if self.strict:
             raise ValueError(_unknown_message(name))

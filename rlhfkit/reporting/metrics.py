@@ -274,12 +274,31 @@ METRICS: dict[str, MetricDef] = _defs(
      "coefficient (MOSS-RLHF reward model).",
      "nats", "Should stay near the SFT model's loss; only present when the LM term is on.", ("rm",)),
     ("train/accuracy",
-     "RM: fraction of training pairs in the batch with r_chosen > r_rejected.",
+     "RM: fraction of training pairs in the batch with r_chosen > r_rejected; with rankings, the mean over "
+     "the batch's prompts of the fraction of each prompt's pairs ordered correctly (each prompt counts once).",
      "fraction", "Well above eval/accuracy means the reward model memorizes pairs.", ("rm",)),
     ("eval/accuracy",
-     "RM: fraction of held-out pairs with r_chosen > r_rejected.",
+     "RM: fraction of held-out pairs with r_chosen > r_rejected (for rankings: over all their ordered pairs).",
      "fraction", "0.5 is chance. Noisy labels cap it (people agree on 60-75% of pairs); a reward model "
      "barely above chance gives RL little to learn from.", ("rm",)),
+    ("eval/ordering_accuracy",
+     "RM: fraction of held-out prompts whose responses are all ordered correctly (every pair r_better > "
+     "r_worse); equals eval/accuracy for pairs.",
+     "fraction", "Falls fast with K: for rankings of many responses it stays well below eval/accuracy.", ("rm",)),
+    ("train/ordering_accuracy",
+     "RM: fraction of training prompts in the batch whose responses are all ordered correctly.",
+     "fraction", "Well above eval/ordering_accuracy means the reward model memorizes rankings.", ("rm",)),
+    ("eval/accuracy/<group>",
+     "RM with --group-by (or mixed files): eval/accuracy over the held-out pairs of one group (a value of "
+     "the grouping field, or the source file).",
+     "fraction", "A group far below the others is where the reward model is weak: add or clean its data.",
+     ("rm",)),
+    ("eval/margin_mean/<group>", "RM: eval/margin_mean over the held-out pairs of one group.", "reward",
+     "Compare groups: a small margin means the model barely separates that kind of response.", ("rm",)),
+    ("eval/loss/<group>", "RM: eval/loss over the held-out prompts of one group.", "nats",
+     "Rising for one group while the others fall: that group is being overfit or drowned out.", ("rm",)),
+    ("eval/count/<group>", "RM: number of held-out prompts in one group.", "count",
+     "Small counts make that group's accuracy noisy; read it with its count.", ("rm",)),
     ("eval/margin_mean",
      "RM: mean of r_chosen - r_rejected over held-out pairs.",
      "reward", "Positive and growing; a margin that explodes while accuracy stalls is over-confidence.",
@@ -349,8 +368,8 @@ SUMMARY_FIELDS: dict[str, tuple[str, str, bool | None]] = {
 
 def describe(name: str) -> str:
     """One readable line for a metric, event or summary field: definition, unit and what to watch."""
-    if name in METRICS:
-        m = METRICS[name]
+    if definition_key(name) in METRICS:
+        m = METRICS[definition_key(name)]
         return f"{m.name} [{m.unit}]: {m.definition} Watch: {m.watch}"
     if name in EVENTS:
         return f"event {name}: {EVENTS[name]}"
@@ -360,6 +379,20 @@ def describe(name: str) -> str:
     raise KeyError(_unknown_message(name))
 
 
+# Metrics logged once per group: "eval/accuracy/helpful" is defined by "eval/accuracy/<group>".
+GROUPED_PREFIXES = ("eval/accuracy/", "eval/margin_mean/", "eval/loss/", "eval/count/")
+
+
+def definition_key(name: str) -> str:
+    """The METRICS key that defines `name`: itself, or "<prefix><group>" for a per-group metric."""
+    if name in METRICS:
+        return name
+    for prefix in GROUPED_PREFIXES:
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return prefix + "<group>"
+    return name
+
+
 def undefined_metrics(names) -> list[str]:
     """Names (in first-seen order, no repeats) that are not keys of METRICS.
 
@@ -367,7 +400,7 @@ def undefined_metrics(names) -> list[str]:
     """
     out: list[str] = []
     for name in names:
-        if name not in METRICS and name not in out:
+        if definition_key(name) not in METRICS and name not in out:
             out.append(name)
     return out
 

@@ -248,9 +248,23 @@ def _rm_html(runs, plots, stages, dirs) -> str:
                   "(people agree on about 60-75% of pairs), so RL can only be as good as this judge.")
     keys = ("eval/accuracy", "eval/margin_mean", "eval/score_mean", "eval/score_std", "eval/loss")
     out += _metric_table(rows, keys)
+    out += group_table_html({k: last_value(rows, k) for k in {k for r in rows for k in r}})
     out += _figures(plots.get("rm", []))
     out += _stage_numbers(stages.get("rm"))
     return out or _p("No reward-model metrics were found.")
+
+
+def group_table_html(metrics: dict) -> str:
+    """Per-group held-out numbers (eval/{count,accuracy,margin_mean,loss}/<group>) as a table; "" if none."""
+    prefix = "eval/count/"
+    groups = sorted(k[len(prefix):] for k, v in metrics.items() if k.startswith(prefix) and v is not None)
+    if not groups:
+        return ""
+    body = [[html.escape(g)] + [_num_cell(metrics.get(f"eval/{m}/{g}")) for m in ("count", "accuracy", "margin_mean",
+                                                                                  "loss")] for g in groups]
+    note = _p("Held-out reward-model numbers per group: a group whose accuracy is far below the others needs "
+              "more (or cleaner) data of its kind; count is the number of held-out prompts in the group.")
+    return note + _table(["group", "count", "accuracy", "margin_mean", "loss"], body, escape=False)
 
 
 def _sft_html(runs, plots, stages, dirs) -> str:
