@@ -22,14 +22,49 @@ def as_chat(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
+_SENTINEL = "\u2063rlhfkit-sentinel\u2063"
+
+
+def template_frame(tokenizer) -> tuple[str, str]:
+    """(head, tail): the text the chat template writes before and after one user message's content,
+    with the generation prompt. ("", "") without a template or when the template fails on it."""
+    if not has_chat_template(tokenizer):
+        return "", ""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception:  # a template that needs a system turn, tools, ...: nothing to compare with
+        return "", ""
+    head, _, tail = text.partition(_SENTINEL)
+    return head, tail
+
+
+def is_rendered(tokenizer, text: str) -> bool:
+    """Whether a string prompt already holds the chat template's markup: it ends with the template's
+    generation cue (e.g. "<|im_start|>assistant\n") or starts with the BOS text the template writes.
+    Applying the template to such a text would render it twice."""
+    head, tail = template_frame(tokenizer)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and head.startswith(bos) and text.startswith(bos):
+        return True
+    return bool(tail.strip()) and text.rstrip().endswith(tail.strip())
+
+
 def render_prompt(tokenizer, prompt) -> str:
     """The text the policy continues from.
 
     With a chat template: the template applied to the prompt's messages (a string prompt is
-    one user message) with `add_generation_prompt=True`. Without one: a string as is; a chat as
+    one user message) with `add_generation_prompt=True`; a string that already holds the template's
+    markup (`is_rendered`) is used as is, never rendered twice. Without one: a string as is; a chat as
     "role: content" lines followed by "assistant:".
     """
     if has_chat_template(tokenizer):
+        if isinstance(prompt, str) and is_rendered(tokenizer, prompt):
+            if "rendered" not in _warned:
+                _warned.add("rendered")
+                logger.warning("a prompt already holds the chat template's markup; it is used as is (the template "
+                               "is not applied a second time). Store plain text or messages to silence this.")
+            return prompt
         return tokenizer.apply_chat_template(as_chat(prompt), tokenize=False, add_generation_prompt=True)
     if isinstance(prompt, str):
         return prompt

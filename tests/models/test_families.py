@@ -7,7 +7,8 @@ Mutations that make these tests fail (each tried; see docs/models.md):
 - scores / values: `last_index_from_mask` returning T - 1 (a right-padded row is read on a pad).
 - score on the last real token: `Experience.last_index` one column late (TRL's bug).
 - EOS: `eos_token_ids` keeping only `tokenizer.eos_token_id` (Llama 3's <|eot_id|> no longer stops).
-- rendered once: `encode_prompts` always adding special tokens (a second BOS before the template's).
+- rendered once: `encode_prompts` always adding special tokens (a second BOS before the template's);
+  `is_rendered` returning False (a stored, already rendered prompt gets the template twice).
 """
 
 import pytest
@@ -216,6 +217,9 @@ def test_chat_prompt_is_rendered_once(folders, name):
                 tokenize=False, add_generation_prompt=True)
             assert text == once
             assert ids == tok(once, add_special_tokens=False)["input_ids"]
+            # a prompt stored already rendered is not rendered a second time
+            again, _ = tokenize_prompts([{"prompt": text}], tok, 64)
+            assert again[0]["prompt_text"] == text and again[0]["prompt_ids"] == ids
         # generate tokenizes a rendered prompt text to the same ids
         gen = generate(load_causal_lm(folders[name][0]), tok, [text], GenerationSettings(max_new_tokens=1))
         assert gen.prompt_ids[0][gen.prompt_mask[0].bool()].tolist() == ids
