@@ -213,25 +213,27 @@ def check_rewards(report: Report, scores: torch.Tensor, group_size: int, algo: s
     report.sections["reward"] = section
 
 
-def estimate(report: Report, policy, others: list, rows_per_step: int, seq_len: int, gen_seconds: float,
-             sample_rows: int, max_new_tokens: int, response_length: int, dtype) -> None:
-    """Rough: weights + grads + Adam (fp32) for trained models, weights for frozen ones, and the logits."""
-    def params(m):
-        return sum(p.numel() for p in m.parameters())
+def _gib(n_bytes: float) -> float:
+    return round(n_bytes / 2 ** 30, 4)
 
+
+def estimate(report: Report, policy, parts: dict[str, tuple[int, bool]], rows_per_step: int, seq_len: int,
+             gen_seconds: float, sample_rows: int, max_new_tokens: int, response_length: int) -> None:
+    """Rough memory and time of one step. parts: name -> (parameters, trained?). A trained model holds
+    weights, grads and Adam's two float32 moments; a frozen one its weights. Activations are not counted."""
     width = torch.finfo(next(policy.parameters()).dtype).bits // 8
-    trained = [policy] + [m for m, train in others if train]
-    frozen = [m for m, train in others if not train]
-    weights = sum(params(m) * (2 * width + 8) for m in trained) + sum(params(m) * width for m in frozen)
+    memory = {name: _gib(count * (2 * width + 8 if trained else width)) for name, (count, trained) in parts.items()}
     vocab = policy.get_output_embeddings().weight.shape[0]
-    logits = rows_per_step * (max_new_tokens + 1) * vocab * 4
+    # generation time measured on the sample, scaled to the step's rows and to max_new_tokens
     gen_per_step = gen_seconds * rows_per_step / max(sample_rows, 1) * max_new_tokens / max(response_length, 1)
     report.sections["estimate"] = {
-        "policy_parameters": params(policy), "memory_gib_weights_and_optimizer": round(weights / 2 ** 30, 3),
-        "memory_gib_logits_per_forward": round(logits / 2 ** 30, 3), "rows_per_step": rows_per_step,
-        "tokens_per_row": seq_len, "generation_seconds_per_step": round(gen_per_step, 2),
-        "note": "rough: measured generation time on this machine scaled to the step; the update adds about "
-                "3x one forward per epoch; activations are not counted"}
+        "parameters": {name: count for name, (count, _) in parts.items()},
+        "memory_gib_models": memory, "memory_gib_models_total": round(sum(memory.values()), 4),
+        "memory_gib_logits_per_forward": _gib(rows_per_step * (max_new_tokens + 1) * vocab * 4),
+        "rows_per_step": rows_per_step, "tokens_per_row": seq_len,
+        "generation_seconds_per_step": round(gen_per_step, 2),
+        "note": "rough: generation time measured here and scaled to the step; the update adds about 3 forwards "
+                "per epoch; activations (grow with rows x tokens x hidden x layers) are not counted"}
 
 
 # ---------------------------------------------------------------- the run
@@ -269,14 +271,16 @@ def diagnose(cfg: DoctorConfig) -> Report:
     if "tokenizer_larger_than_model" in report.codes():
         return report  # sampling would index past the embeddings
 
-    others = []
+    count = sum(p.numel() for p in policy.parameters())
+    parts = {"policy": (count, True)}
+    parts["reference"] = (count, False)  # a frozen copy whenever kl_coef > 0 (none with LoRA: adapters off)
     if cfg.reward_model:
         scorer = load_reward_scorer(cfg.reward_model, tokenizer, dtype=cfg.dtype, device=device, trust_remote_code=trc)
         scorer.add_prompts(rows)
         report.sections["reward_model"] = {"how": scorer.how}
         if not scorer.reuse_ids:
             report.add("info", "tokenizer_mismatch", scorer.how)
-        others.append((scorer.reward_model, False))
+        parts["reward_model"] = (sum(p.numel() for p in scorer.reward_model.parameters()), False)
     else:
         fn = load_reward_function(cfg.reward_fn)
     if spec.critic:
@@ -285,6 +289,8 @@ def diagnose(cfg: DoctorConfig) -> Report:
             M.check_critic_base(base, tokenizer, trust_remote_code=trc)
         except ConfigError as err:
             report.add("blocking", "critic_vocabulary", str(err))
+        same_as_rm = cfg.critic is None and cfg.reward_model and "reward_model" in parts
+        parts["critic"] = (parts["reward_model"][0] if same_as_rm else count, True)
 
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, n=n)
     start = time.perf_counter()
@@ -298,8 +304,8 @@ def diagnose(cfg: DoctorConfig) -> Report:
         report.add("blocking", "reward_error", f"{type(err).__name__}: {err}")
         return report
     check_rewards(report, scores.float().cpu(), n, cfg.algo)
-    estimate(report, policy, others, cfg.prompts_per_step * n, cfg.max_prompt_length + cfg.max_new_tokens,
-             gen_seconds, exp.batch_size, cfg.max_new_tokens, exp.response_length, cfg.dtype)
+    estimate(report, policy, parts, cfg.prompts_per_step * n, cfg.max_prompt_length + cfg.max_new_tokens,
+             gen_seconds, exp.batch_size, cfg.max_new_tokens, exp.response_length)
     return report
 
 

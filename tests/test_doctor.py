@@ -124,3 +124,13 @@ def test_config_errors():
 
     with pytest.raises(ConfigError, match="exactly one"):
         DoctorConfig(policy="p", prompts="q")
+
+
+def test_quickstart_style_folders(root, tiny_model_dir, tiny_reward_model_dir, capsys):
+    """The bundled tiny Llama with its word tokenizer (what the quickstart saves): nothing to warn about
+    beyond what sampling a random model gives."""
+    code = run_doctor(_cfg(root, policy=str(tiny_model_dir), reward_model=str(tiny_reward_model_dir), reward_fn=None,
+                           algo="ppo"))
+    text = capsys.readouterr().out
+    assert code == 0 and "== exit status 0" in text
+    assert "shares the policy's tokenizer" in text and "[blocking]" not in text

@@ -43,9 +43,10 @@ class RewardModelScorer:
         """One line for logs and `rlhfkit doctor`: how the reward model reads the policy's responses."""
         if self.reuse_ids:
             return "the reward model shares the policy's tokenizer: the rollout's token ids are scored as they are"
-        style = "its own chat template" if has_chat_template(self.tokenizer) else "plain text (it has no chat template)"
+        style = "with its own chat template" if has_chat_template(self.tokenizer) \
+            else "as plain text (it has no chat template)"
         return (f"the reward model's tokenizer differs from the policy's ({'; '.join(self.differences)}): each "
-                f"prompt and response is re-rendered as text with {style} and re-tokenized")
+                f"prompt and response is re-rendered {style} and tokenized with the reward model's tokenizer")
 
     def add_prompts(self, rows) -> None:
         """Register prompt rows (dicts with "prompt" as loaded and "prompt_text" as rendered for the policy,
