@@ -82,6 +82,12 @@ class Report:
         for name, section in self.sections.items():
             lines.append(f"== {name}")
             for key, value in section.items():
+                if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                    lines.append(f"  {key}:")  # examples: one item per block, one field per line
+                    for item in value:
+                        lines += [f"    {'-' if i == 0 else ' '} {k}: {json.dumps(v, ensure_ascii=False)}"
+                                  for i, (k, v) in enumerate(item.items())]
+                    continue
                 text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
                 lines.append(f"  {key}: {text}")
         lines.append("== findings")
