@@ -134,3 +134,15 @@ def test_quickstart_style_folders(root, tiny_model_dir, tiny_reward_model_dir, c
     text = capsys.readouterr().out
     assert code == 0 and "== exit status 0" in text
     assert "shares the policy's tokenizer" in text and "[blocking]" not in text
+
+
+def test_prompt_truncation_reward_scale_and_reward_errors(root, tmp_path):
+    (tmp_path / "more.py").write_text(
+        "def big(prompts, responses, **f):\n    return [1000.0 * len(r) for r in responses]\n"
+        "def broken(prompts, responses, **f):\n    raise KeyError('score')\n")
+    short = diagnose(_cfg(root, max_prompt_length=5))
+    assert "prompts_truncated" in short.codes("warning") and short.sections["prompts"]["truncated"] == 3
+    assert "reward_scale" in diagnose(_cfg(root, reward_fn=f"{tmp_path}/more.py:big")).codes("warning")
+    broken = diagnose(_cfg(root, reward_fn=f"{tmp_path}/more.py:broken"))
+    assert "reward_error" in broken.codes("blocking") and broken.exit_code(False) == 2
+    assert not {"prompts_truncated", "reward_scale", "reward_error"} & diagnose(_cfg(root)).codes()
