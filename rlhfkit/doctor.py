@@ -99,25 +99,8 @@ class Report:
 
 # ---------------------------------------------------------------- checks (each adds to the report)
 
-def end_of_turn_id(tokenizer) -> int | None:
-    """The special token the chat template writes right after an assistant reply (e.g. <|eot_id|>), or None."""
-    from rlhfkit.data.chat import _SENTINEL, has_chat_template
-
-    if not has_chat_template(tokenizer):
-        return None
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
-                                              {"role": "assistant", "content": _SENTINEL}], tokenize=False)
-    except Exception:
-        return None
-    tail = text.partition(_SENTINEL)[2].lstrip()
-    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    return ids[0] if ids and ids[0] in special else None
-
-
 def check_tokenizer(report: Report, tokenizer, raw_pad: str | None, model) -> None:
-    from rlhfkit.data.chat import has_chat_template
+    from rlhfkit.data.chat import end_of_turn_id, has_chat_template
     from rlhfkit.models.loading import check_vocab_fits
     from rlhfkit.rollout.generation import eos_token_ids
 
@@ -142,10 +125,14 @@ def check_tokenizer(report: Report, tokenizer, raw_pad: str | None, model) -> No
         report.add("info", "several_eos_ids", f"generation stops at any of {len(eos_ids)} EOS ids: "
                    f"{[tokenizer.convert_ids_to_tokens(i) for i in eos_ids]}")
     turn_end = end_of_turn_id(tokenizer)
-    if turn_end is not None and turn_end not in eos_ids:
+    config_eos = getattr(model.generation_config, "eos_token_id", None)
+    config_eos = set(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    if turn_end is not None and turn_end not in config_eos | {tokenizer.eos_token_id}:
         report.add("warning", "end_of_turn_not_eos", f"the chat template ends a reply with "
-                   f"{tokenizer.convert_ids_to_tokens(turn_end)!r}, which is not an EOS id: generation will run on past "
-                   "the end of the turn. Add its id to eos_token_id in the policy's generation_config.json")
+                   f"{tokenizer.convert_ids_to_tokens(turn_end)!r}, which neither the tokenizer nor "
+                   "generation_config.json lists as EOS: rlhfkit stops there anyway, but other tools (vLLM, HF "
+                   "pipelines) serving this model will run past the end of the turn. Add its id to eos_token_id in "
+                   "generation_config.json")
     if has_chat_template(tokenizer):
         chat = [{"role": "user", "content": "x"}]
         with_cue = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)

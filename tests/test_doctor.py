@@ -79,7 +79,8 @@ def test_truncation_and_missing_end_of_turn(root, tmp_path):
     model.save_pretrained(str(tmp_path / "p"))
     tok.save_pretrained(str(tmp_path / "p"))
     report = diagnose(_cfg(root, policy=str(tmp_path / "p")))
-    assert "end_of_turn_not_eos" in report.codes("warning") and "several_eos_ids" not in report.codes()
+    assert "end_of_turn_not_eos" in report.codes("warning")
+    assert "<|eot_id|>" in report.sections["tokenizer"]["eos_ids_that_stop_generation"].values()  # stops anyway
     assert "end_of_turn_not_eos" not in diagnose(_cfg(root)).codes()
 
 

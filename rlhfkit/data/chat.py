@@ -50,6 +50,28 @@ def is_rendered(tokenizer, text: str) -> bool:
     return bool(tail.strip()) and text.rstrip().endswith(tail.strip())
 
 
+def end_of_turn_id(tokenizer) -> int | None:
+    """The special token the chat template writes right after an assistant reply (Llama 3 <|eot_id|>,
+    Gemma <end_of_turn>, Qwen <|im_end|>, Mistral </s>), or None (no template, or none written)."""
+    if not has_chat_template(tokenizer):
+        return None
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
+                                              {"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    except Exception:  # a template that needs a system turn, tools, ...
+        return None
+    tail = text.partition(_SENTINEL)[2].lstrip()
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return ids[0] if ids and ids[0] in special else None
+
+
+def response_end_id(tokenizer) -> int | None:
+    """The id that ends a response in training rows: the template's end of turn when it has one (what a
+    chat model emits, and where generation stops), else EOS. Appended as an id, never as text."""
+    return end_of_turn_id(tokenizer) or tokenizer.eos_token_id
+
+
 def render_prompt(tokenizer, prompt) -> str:
     """The text the policy continues from.
 
@@ -75,8 +97,9 @@ def render_response(tokenizer, prompt, response: str) -> str:
     """The text that follows `render_prompt(tokenizer, prompt)` for this response, without EOS.
 
     With a chat template: what the template adds after the rendered prompt when the response
-    is appended as the assistant's turn, cut before a trailing EOS text (EOS is appended later
-    as a token id, never as text). Without a template: the response as is after a string
+    is appended as the assistant's turn, cut before its end-of-turn token (`response_end_id`, e.g.
+    Llama 3's <|eot_id|>), or else before a trailing EOS text: the end is appended later as a
+    token id, never as text, so training rows end where generation stops. Without a template: the response as is after a string
     prompt, and " " + response after a rendered chat (so "assistant: text" reads naturally).
     """
     if not has_chat_template(tokenizer):
@@ -93,6 +116,10 @@ def render_response(tokenizer, prompt, response: str) -> str:
                            "using the raw response text after the prompt")
         return response
     text = full[len(prompt_text):]
+    end = response_end_id(tokenizer)
+    end_text = tokenizer.convert_ids_to_tokens(end) if end is not None else None
+    if end_text and end_text in text:  # the turn's end and whatever the template writes after it
+        return text[:text.find(end_text)]
     eos = tokenizer.eos_token
     if eos:
         cut = text.rfind(eos)

@@ -5,7 +5,8 @@ tokens, chat template and ids for the same text) the rollout's ids, masks and po
 reused: no second tokenization. Otherwise each conversation is rebuilt from text, exactly as
 `rlhfkit rm` laid out its training pairs (`rlhfkit.data.tokenize`): the prompt rendered with the
 reward model's chat template when it has one (plain text when not), the response as the
-assistant's turn, then the reward model's EOS when the policy's response ended on EOS.
+assistant's turn, then the reward model's end token (its template's end of turn, else EOS) when
+the policy's response ended on EOS.
 The prompt is recovered from the policy's rendered text: from rows registered with
 `add_prompts` (multi-turn chats), else by stripping the policy's template around a single user
 message, else (no policy template) the text itself.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhfkit.data.chat import has_chat_template, template_frame
+from rlhfkit.data.chat import has_chat_template, response_end_id, template_frame
 from rlhfkit.data.tokenize import encode_prompts, encode_responses
 from rlhfkit.models.forward import position_ids_from_mask
 from rlhfkit.models.tokenizer_match import tokenizer_differences
@@ -73,11 +74,12 @@ class RewardModelScorer:
                          "rows of rlhfkit.data.tokenize_prompts")
 
     def encode(self, prompts, responses: list[str], eos: list[bool]) -> list[list[int]]:
-        """Reward-model token ids of each (prompt as written, response text) pair; EOS appended where eos[i]."""
+        """Reward-model token ids of each (prompt as written, response text) pair; its end token where eos[i]."""
         tok = self.tokenizer
         _, prompt_ids = encode_prompts(tok, list(prompts))
         response_ids = encode_responses(tok, list(prompts), list(responses))
-        end = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        end_id = response_end_id(tok)  # as `rlhfkit rm` ended its training rows
+        end = [end_id] if end_id is not None else []
         return [p + r + (end if e else []) for p, r, e in zip(prompt_ids, response_ids, eos)]
 
     def _retokenize(self, experience):

@@ -7,6 +7,8 @@ Mutations that make these tests fail (each tried; see docs/models.md):
 - scores / values: `last_index_from_mask` returning T - 1 (a right-padded row is read on a pad).
 - score on the last real token: `Experience.last_index` one column late (TRL's bug).
 - EOS: `eos_token_ids` keeping only `tokenizer.eos_token_id` (Llama 3's <|eot_id|> no longer stops).
+- training rows end where generation stops: `response_end_id` returning EOS (Llama 3 rows end
+  <|eot_id|><|end_of_text|>, Gemma 2 <end_of_turn>\n<eos>: the RM is trained on a token it never reads).
 - rendered once: `encode_prompts` always adding special tokens (a second BOS before the template's);
   `is_rendered` returning False (a stored, already rendered prompt gets the template twice).
 """
@@ -19,7 +21,7 @@ from rlhfkit.data.collate import collate_sft
 from rlhfkit.data.tokenize import tokenize_prompts, tokenize_sft
 from rlhfkit.models import (load_causal_lm, load_critic, load_reward_model, load_tokenizer, position_ids_from_mask,
                             response_logprobs)
-from rlhfkit.models.families import FAMILIES, build_family_tokenizer, save_family
+from rlhfkit.models.families import FAMILIES, build_family_model, build_family_tokenizer, save_family
 from rlhfkit.rollout import GenerationSettings, RewardModelScorer, eos_token_ids, generate, make_experience
 from tests.models.padding import pad_batch
 
@@ -161,16 +163,28 @@ def test_score_lands_on_the_last_real_token(folders, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_sft_loss_mask_holds_the_real_eos_not_the_pads(folders, name):
-    tok = load_tokenizer(folders[name][0])
-    examples, _ = tokenize_sft([{"prompt": "say hi", "response": "hi there"}, {"prompt": "what is 1 + 2 ?",
-                                "response": "the answer is 3 , i am fine , thank you ."}], tok, 128)
+def test_training_rows_end_where_generation_stops(folders, name):
+    """SFT / reward-model rows end with one end token, inside the loss mask, that generation stops at:
+    the template's end of turn (Llama 3 <|eot_id|>, not <|eot_id|><|end_of_text|>), else EOS. The
+    reward model is then trained reading the token it reads on rollouts; pads stay outside the mask."""
+    tok, model = _policy(folders, name)
+    rows = [{"prompt": "say hi", "response": "hi there"},
+            {"prompt": "what is 1 + 2 ?", "response": "the answer is 3 , i am fine , thank you ."}]
+    examples, _ = tokenize_sft(rows, tok, 128)
     batch = collate_sft(examples, tok.pad_token_id)
-    eos = tok.eos_token_id
+    fam = FAMILIES[name]
+    end = tok.convert_tokens_to_ids(fam.end_of_turn or fam.eos)
+    assert end in eos_token_ids(model, tok)
+    prompts, _ = tokenize_prompts(rows, tok, 64)
     for i, e in enumerate(examples):
         n = len(e["input_ids"])
-        assert batch["input_ids"][i, n - 1] == eos and batch["loss_mask"][i, n - 1] == 1
+        assert batch["input_ids"][i, n - 1] == end and batch["loss_mask"][i, n - 1] == 1
         assert not batch["loss_mask"][i, n:].any() and not batch["attention_mask"][i, n:].any()
+        # prompt as the rollout tokenizes it, the reply's own tokens, one end token: the rollout's layout
+        reply = e["input_ids"][len(prompts[i]["prompt_ids"]):-1]
+        assert e["input_ids"][:len(prompts[i]["prompt_ids"])] == prompts[i]["prompt_ids"]
+        assert not set(reply) & set(eos_token_ids(model, tok)), tok.decode(reply)
+        assert tok.decode(reply, skip_special_tokens=True).strip() == rows[i]["response"]
 
 
 def _stop_tokens(name):
@@ -240,3 +254,14 @@ def test_family_tokenizers_keep_their_conventions(folders):
         assert len(eos if isinstance(eos, list) else [eos]) == max(1, len(FAMILIES[name].generation_eos))
     assert load_causal_lm(folders["gpt2"][0]).config.tie_word_embeddings
     assert not load_causal_lm(folders["llama3"][0]).config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("name", ["llama3", "gemma2", "phi3"])
+def test_template_end_of_turn_stops_without_a_generation_config_list(name):
+    """A folder whose generation_config.json lists only the tokenizer's EOS still stops at the turn's end,
+    since training rows end with it (mutation: `eos_token_ids` without `end_of_turn_id` fails this)."""
+    tok = build_family_tokenizer(name)
+    model = build_family_model(name, tok)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    assert eos_token_ids(model, tok) == sorted({tok.eos_token_id,
+                                                tok.convert_tokens_to_ids(FAMILIES[name].end_of_turn)})
