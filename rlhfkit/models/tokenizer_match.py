@@ -66,7 +66,7 @@ def check_critic_base(critic_path, policy_tokenizer, trust_remote_code: bool = F
     from rlhfkit.config import ConfigError
     from rlhfkit.models.loading import load_tokenizer
 
-    fix = ("a critic reads the policy's token ids. Pass --critic with a folder that uses the policy's tokenizer "
+    fix = ("A critic reads the policy's token ids. Pass --critic with a folder that uses the policy's tokenizer "
            "(for example the policy itself, --critic <policy folder>, for a critic with a fresh head), or train "
            "a reward model on the policy's base and initialise the critic from that")
     path = Path(str(critic_path))
