@@ -147,3 +147,21 @@ def test_prompt_truncation_reward_scale_and_reward_errors(root, tmp_path):
     broken = diagnose(_cfg(root, reward_fn=f"{tmp_path}/more.py:broken"))
     assert "reward_error" in broken.codes("blocking") and broken.exit_code(False) == 2
     assert not {"prompts_truncated", "reward_scale", "reward_error"} & diagnose(_cfg(root)).codes()
+
+
+def _registered() -> bool:
+    from rlhfkit.cli import COMMANDS
+
+    return "doctor" in COMMANDS
+
+
+@pytest.mark.skipif(not _registered(), reason="`doctor` is not in rlhfkit.cli.COMMANDS yet (issue 16 call site)")
+def test_cli_returns_the_exit_status(root, capsys):
+    from rlhfkit.cli import main
+
+    args = ["doctor", "--policy", str(root / "llama3"), "--prompts", str(root / "prompts.jsonl"), "--device", "cpu",
+            "--max-new-tokens", "4"]
+    assert main([*args, "--reward-fn", f"{root}/rewards.py:nan", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["exit_code"] == 2
+    assert main([*args, "--reward-fn", f"{root}/rewards.py:const", "--strict"]) == 1
+    assert main([*args, "--reward-fn", f"{root}/rewards.py:length"]) == 0
