@@ -32,7 +32,8 @@ class DoctorConfig:
     prompts: str = option(help="prompt data, as for `rlhfkit rl --prompts`")
     reward_model: str | None = option(None, "reward model folder (any family: it is read with its own tokenizer)")
     reward_fn: str | None = option(None, "reward function file.py:fn / module:fn / exact_match, instead of a model")
-    critic: str | None = option(None, "critic initialisation folder (default as in `rl`: the reward model, else the policy)")
+    critic: str | None = option(None, "critic initialisation folder (default as in `rl`: the reward model, else "
+                                      "the policy)")
     algo: str = option("grpo", "the algorithm you will run: decides the critic and the group size")
     n: int | None = option(None, "responses per prompt (default: the algorithm's)")
     prompt_field: str | None = option(None, "prompt field name when not `prompt` / `messages`")
@@ -190,12 +191,14 @@ def check_rewards(report: Report, scores: torch.Tensor, group_size: int, algo: s
         section.update(mean=round(good.mean().item(), 4), std=round(good.std(unbiased=False).item(), 4),
                        min=round(good.min().item(), 4), max=round(good.max().item(), 4))
     if (~finite).any():
-        report.add("blocking", "reward_nan", f"{int((~finite).sum())} of {len(scores)} rewards are NaN or infinite")
+        report.add("blocking", "reward_nan",
+                   f"{int((~finite).sum())} of {len(scores)} rewards are NaN or infinite")
     if len(good) > 1 and good.std(unbiased=False).item() < 1e-8:
-        report.add("warning", "reward_no_spread", f"all {len(good)} rewards equal {good[0].item():.4g}: no learning signal")
+        report.add("warning", "reward_no_spread",
+                   f"all {len(good)} rewards equal {good[0].item():.4g}: no learning signal")
     if len(good) and good.abs().max().item() > 100:
-        report.add("warning", "reward_scale", f"rewards reach {good.abs().max().item():.3g}; scale them (or normalize the "
-                   "reward model) so a KL coefficient of ~0.05 still matters")
+        report.add("warning", "reward_scale", f"rewards reach {good.abs().max().item():.3g}; scale them (or normalize "
+                   "the reward model) so a KL coefficient of ~0.05 still matters")
     if group_size > 1 and len(scores) % group_size == 0:
         groups = scores.view(-1, group_size)  # (B, G)
         uniform = ((groups - groups[:, :1]).abs().amax(1) < 1e-8).float().mean().item()

@@ -23,11 +23,23 @@ def as_chat(prompt) -> list[dict]:
 
 
 _SENTINEL = "\u2063rlhfkit-sentinel\u2063"
+_PROBES: dict = {}  # (what, id(tokenizer), template, eos, bos, size) -> result: a template renders once per tokenizer
+
+
+def _probe(what: str, tokenizer, fn):
+    key = (what, id(tokenizer), tokenizer.chat_template, tokenizer.eos_token, tokenizer.bos_token, len(tokenizer))
+    if key not in _PROBES:
+        _PROBES[key] = fn(tokenizer)
+    return _PROBES[key]
 
 
 def template_frame(tokenizer) -> tuple[str, str]:
     """(head, tail): the text the chat template writes before and after one user message's content,
     with the generation prompt. ("", "") without a template or when the template fails on it."""
+    return _probe("frame", tokenizer, _template_frame)
+
+
+def _template_frame(tokenizer) -> tuple[str, str]:
     if not has_chat_template(tokenizer):
         return "", ""
     try:
@@ -53,6 +65,10 @@ def is_rendered(tokenizer, text: str) -> bool:
 def end_of_turn_id(tokenizer) -> int | None:
     """The special token the chat template writes right after an assistant reply (Llama 3 <|eot_id|>,
     Gemma <end_of_turn>, Qwen <|im_end|>, Mistral </s>), or None (no template, or none written)."""
+    return _probe("end", tokenizer, _end_of_turn_id)
+
+
+def _end_of_turn_id(tokenizer) -> int | None:
     if not has_chat_template(tokenizer):
         return None
     try:
@@ -99,8 +115,9 @@ def render_response(tokenizer, prompt, response: str) -> str:
     With a chat template: what the template adds after the rendered prompt when the response
     is appended as the assistant's turn, cut before its end-of-turn token (`response_end_id`, e.g.
     Llama 3's <|eot_id|>), or else before a trailing EOS text: the end is appended later as a
-    token id, never as text, so training rows end where generation stops. Without a template: the response as is after a string
-    prompt, and " " + response after a rendered chat (so "assistant: text" reads naturally).
+    token id, never as text, so training rows end where generation stops. Without a template:
+    the response as is after a string prompt, and " " + response after a rendered chat (so
+    "assistant: text" reads naturally).
     """
     if not has_chat_template(tokenizer):
         return response if isinstance(prompt, str) else " " + response

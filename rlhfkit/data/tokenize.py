@@ -3,8 +3,9 @@
 Prompt and response are rendered (`chat.py`) and tokenized separately, then concatenated:
 the prompt / response boundary is exact, as it is at generation time, and the response's end is
 appended as a token id: the chat template's end-of-turn token when it has one (Llama 3 <|eot_id|>,
-Gemma <end_of_turn>: where a chat model stops), else EOS (`chat.response_end_id`). Prompts get the tokenizer's special tokens (e.g. BOS) only when there is no chat
-template, since a template writes them itself.
+Gemma <end_of_turn>: where a chat model stops), else EOS (`chat.response_end_id`). Prompts get
+the tokenizer's special tokens (e.g. BOS) only when there is no chat template, since a template
+writes them itself.
 
 Over-long policy (`overlong`), always counted in the returned stats {"kept", "truncated", "dropped"}
 ("kept" includes the truncated rows):

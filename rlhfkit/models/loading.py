@@ -92,8 +92,8 @@ def check_vocab_fits(model, tokenizer, name_or_path="the model") -> None:
         return
     rows = embeddings.weight.shape[0]
     if len(tokenizer) > rows:
-        raise ConfigError(f"{name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only {rows}; "
-                          "tokens were added without resizing the model. Call model.resize_token_embeddings"
+        raise ConfigError(f"{name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+                          f"{rows}; tokens were added without resizing the model. Call model.resize_token_embeddings"
                           f"(len(tokenizer)) and save it, or use the tokenizer the model was trained with")
 
 

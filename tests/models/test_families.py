@@ -16,7 +16,6 @@ Mutations that make these tests fail (each tried; see docs/models.md):
 import pytest
 import torch
 
-from rlhfkit.data.chat import render_prompt
 from rlhfkit.data.collate import collate_sft
 from rlhfkit.data.tokenize import tokenize_prompts, tokenize_sft
 from rlhfkit.models import (load_causal_lm, load_critic, load_reward_model, load_tokenizer, position_ids_from_mask,
