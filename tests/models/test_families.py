@@ -264,3 +264,16 @@ def test_template_end_of_turn_stops_without_a_generation_config_list(name):
     model.generation_config.eos_token_id = tok.eos_token_id
     assert eos_token_ids(model, tok) == sorted({tok.eos_token_id,
                                                 tok.convert_tokens_to_ids(FAMILIES[name].end_of_turn)})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_critic_from_the_policy_folder(folders, name):
+    """`--critic <policy>`: the causal LM's backbone under a new, zeroed scalar head, on the policy's ids."""
+    critic = load_critic(folders[name][0])
+    policy = load_causal_lm(folders[name][0])
+    backbone = critic.backbone.state_dict()
+    prefix = critic.base.base_model_prefix
+    lm = {k.split(".", 1)[1]: v for k, v in policy.state_dict().items() if k.split(".", 1)[0] == prefix}
+    assert backbone.keys() == lm.keys() and all(torch.equal(backbone[k], lm[k]) for k in lm)
+    ids = torch.tensor([_words(load_tokenizer(folders[name][0]), 6, 4)])
+    assert torch.equal(critic.values(ids, torch.ones_like(ids)), torch.zeros(1, 6))
