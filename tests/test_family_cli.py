@@ -8,7 +8,9 @@ import json
 
 import pytest
 
+from rlhfkit.models import load_tokenizer
 from rlhfkit.models.families import FAMILIES, save_family
+from rlhfkit.rollout import load_reward_scorer
 
 WORDS = ["movie", "phone", "cat", "dog"]
 
@@ -42,6 +44,8 @@ def test_cli_pipeline_on_each_family(name, data, tmp_path):
     assert main(["rm", "--model", sft, "--data", data["prefs"], "--output", str(tmp_path / "rm"), "--epochs", "1",
                  "--batch-size", "4", *cpu]) == 0
     rm = str(tmp_path / "rm" / "final")
+    # the reward model `rlhfkit rm` saved reads the policy's ids as they are (same tokenizer, pad aside)
+    assert load_reward_scorer(rm, load_tokenizer(sft)).reuse_ids
     for algo in ("ppo", "grpo"):
         assert main(["rl", "--algo", algo, "--policy", sft, "--reward-model", rm, "--prompts", data["prompts"],
                      "--output", str(tmp_path / algo), "--steps", "2", "--prompts-per-step", "2",
