@@ -16,6 +16,7 @@ COMMANDS = {
     "rm": ("rlhfkit.trainers.rm", "RMConfig", "train_rm", "reward model from preference pairs (Bradley-Terry)"),
     "rl": ("rlhfkit.trainers.rl", "RLConfig", "train_rl", "RL against a reward model or function (PPO, GRPO, ...)"),
     "eval": ("rlhfkit.evaluate", "EvalConfig", "run_eval", "score, KL, perplexity, length and win rate of policies"),
+    "doctor": ("rlhfkit.doctor", "DoctorConfig", "run_doctor", "check a model, its data and its reward before a run"),
     "quickstart": ("rlhfkit.quickstart", "QuickstartConfig", "run_quickstart",
                    "the whole pipeline on a bundled task, on CPU, in minutes"),
 }
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlhfkit {args.command}: {err}", file=sys.stderr)
             return err.exit_code
         raise
+    if isinstance(result, int) and not isinstance(result, bool):  # a command with its own exit status (doctor)
+        return result
     from rlhfkit.trainers.distributed import finish, world
 
     if isinstance(result, dict) and "final" in result and world().main:

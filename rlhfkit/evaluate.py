@@ -92,11 +92,10 @@ class EvalConfig:
 
 
 def _scorer(cfg: EvalConfig, tokenizer, device):
-    from rlhfkit.models import load_reward_model
-    from rlhfkit.rollout import FunctionScorer, RewardModelScorer, load_reward_function
+    from rlhfkit.rollout import FunctionScorer, load_reward_function, load_reward_scorer
 
-    if cfg.reward_model:
-        return RewardModelScorer(load_reward_model(cfg.reward_model, dtype=cfg.dtype, device=device), tokenizer)
+    if cfg.reward_model:  # with its own tokenizer when it is of another family
+        return load_reward_scorer(cfg.reward_model, tokenizer, dtype=cfg.dtype, device=device)
     if cfg.reward_fn:
         return FunctionScorer(load_reward_function(cfg.reward_fn))
     return None
@@ -256,6 +255,7 @@ def _evaluate_policies(cfg: EvalConfig) -> tuple[dict, list]:
                                cfg.max_prompt_length, overlong="truncate")
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=1)
     scorer = _scorer(cfg, tokenizer, device)
+    getattr(scorer, "add_prompts", lambda rows: None)(rows)
     gold = FunctionScorer(load_reward_function(cfg.gold_fn)) if cfg.gold_fn else None
     reference = load_reference(cfg.reference, dtype=cfg.dtype, device=device) if cfg.reference else None
     result: dict = {"prompts": cfg.prompts}

@@ -173,14 +173,15 @@ def evaluate_both(cfg, prompts_path: str, sft_path: str, rl_path: str, reward_ar
                   evaluate_policy) -> dict:
     """Evaluate SFT and RL policies on the same held-out prompts; KL/perplexity against the SFT policy."""
     from rlhfkit.data import load_prompts, prompt_fields, tokenize_prompts
-    from rlhfkit.models import load_causal_lm, load_reference, load_reward_model, load_tokenizer
-    from rlhfkit.rollout import FunctionScorer, GenerationSettings, RewardModelScorer, load_reward_function
+    from rlhfkit.models import load_causal_lm, load_reference, load_tokenizer
+    from rlhfkit.rollout import FunctionScorer, GenerationSettings, load_reward_function, load_reward_scorer
     from rlhfkit.trainers.common import set_seed
 
     tokenizer = load_tokenizer(sft_path)
     rows, _ = tokenize_prompts(load_prompts(prompts_path), tokenizer, 64, overlong="truncate")
     if "reward_model" in reward_args:
-        scorer = RewardModelScorer(load_reward_model(reward_args["reward_model"], device=cfg.device), tokenizer)
+        scorer = load_reward_scorer(reward_args["reward_model"], tokenizer, device=cfg.device)
+        scorer.add_prompts(rows)
     else:
         scorer = FunctionScorer(load_reward_function(reward_args["reward_fn"]))
     gold_fn = load_reward_function(f"rlhfkit.tasks.{cfg.task}:gold")

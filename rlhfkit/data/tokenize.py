@@ -1,9 +1,11 @@
 """Rows -> token ids with an explicit over-long policy, and counts of what the policy did.
 
 Prompt and response are rendered (`chat.py`) and tokenized separately, then concatenated:
-the prompt / response boundary is exact, as it is at generation time, and EOS is appended as a
-token id. Prompts get the tokenizer's special tokens (e.g. BOS) only when there is no chat
-template, since a template writes them itself.
+the prompt / response boundary is exact, as it is at generation time, and the response's end is
+appended as a token id: the chat template's end-of-turn token when it has one (Llama 3 <|eot_id|>,
+Gemma <end_of_turn>: where a chat model stops), else EOS (`chat.response_end_id`). Prompts get
+the tokenizer's special tokens (e.g. BOS) only when there is no chat template, since a template
+writes them itself.
 
 Over-long policy (`overlong`), always counted in the returned stats {"kept", "truncated", "dropped"}
 ("kept" includes the truncated rows):
@@ -16,7 +18,7 @@ Over-long policy (`overlong`), always counted in the returned stats {"kept", "tr
 
 from __future__ import annotations
 
-from rlhfkit.data.chat import has_chat_template, render_prompt, render_response
+from rlhfkit.data.chat import has_chat_template, render_prompt, render_response, response_end_id
 from rlhfkit.data.errors import DataError
 
 OVERLONG_POLICIES = ("truncate", "drop")
@@ -73,7 +75,8 @@ def tokenize_sft(rows: list[dict], tokenizer, max_length: int, overlong: str = "
     prompts = [r["prompt"] for r in rows]
     _, prompt_ids = encode_prompts(tokenizer, prompts)
     response_ids = encode_responses(tokenizer, prompts, [r["response"] for r in rows])
-    return _examples(prompt_ids, response_ids, tokenizer.eos_token_id, max_length, overlong)
+    # the template's end of turn, else EOS (plain text above ends with EOS: it is no chat turn)
+    return _examples(prompt_ids, response_ids, response_end_id(tokenizer), max_length, overlong)
 
 
 def _examples(prompt_ids, response_ids, eos: int, max_length: int, overlong: str):
@@ -106,7 +109,7 @@ def tokenize_preferences(rows: list[dict], tokenizer, max_length: int, overlong:
     _, prompt_ids = encode_prompts(tokenizer, prompts)
     chosen_ids = encode_responses(tokenizer, prompts, [r["chosen"] for r in rows])
     rejected_ids = encode_responses(tokenizer, prompts, [r["rejected"] for r in rows])
-    eos = tokenizer.eos_token_id
+    eos = response_end_id(tokenizer)  # the template's end of turn, else EOS
     examples, stats = [], {"kept": 0, "truncated": 0, "dropped": 0}
     for row, p, c, r in zip(rows, prompt_ids, chosen_ids, rejected_ids):
         chosen, rejected = p + c + [eos], p + r + [eos]

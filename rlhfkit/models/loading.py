@@ -77,6 +77,26 @@ def load_causal_lm(name_or_path, dtype="float32", device="cpu", trust_remote_cod
     return model.to(device)
 
 
+def check_vocab_fits(model, tokenizer, name_or_path="the model") -> None:
+    """ConfigError when the tokenizer has ids past the model's input embeddings.
+
+    Happens when tokens were added to a tokenizer without `model.resize_token_embeddings`: the first
+    such id would fail deep inside generate (an index error on CPU, a device assert on GPU).
+    """
+    from rlhfkit.config import ConfigError
+    from rlhfkit.models.lora import unwrap_peft
+
+    base = unwrap_peft(model)[0]
+    embeddings = getattr(base, "get_input_embeddings", lambda: None)()
+    if embeddings is None or getattr(embeddings, "weight", None) is None:
+        return
+    rows = embeddings.weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ConfigError(f"{name_or_path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+                          f"{rows}; tokens were added without resizing the model. Call model.resize_token_embeddings"
+                          f"(len(tokenizer)) and save it, or use the tokenizer the model was trained with")
+
+
 def freeze(model):
     """Eval mode and requires_grad False on every parameter; returns `model`."""
     model.eval()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.data.chat import end_of_turn_id
+
 
 @dataclass
 class GenerationSettings:
@@ -102,10 +104,11 @@ def _plain_generation_config(model):
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
-    """The tokenizer's EOS plus any EOS ids in the model's generation config (e.g. Llama 3's <|eot_id|>)."""
+    """The tokenizer's EOS, its chat template's end-of-turn token (e.g. Llama 3's <|eot_id|>) and any EOS
+    ids in the model's generation config."""
     from rlhfkit.models.lora import unwrap_peft
 
-    ids = [tokenizer.eos_token_id]
+    ids = [tokenizer.eos_token_id, end_of_turn_id(tokenizer)]  # a chat template's end of turn stops a reply too
     config_eos = getattr(unwrap_peft(model)[0].generation_config, "eos_token_id", None)
     ids += config_eos if isinstance(config_eos, (list, tuple)) else [config_eos]
     ids = sorted({int(i) for i in ids if i is not None})

@@ -1,6 +1,6 @@
 """Scorers: one number per response, behind one interface `scorer(experience) -> (N,) float32`.
 
-Sources: a reward model (`RewardModelScorer`), a Python function given as
+Sources: a reward model (`RewardModelScorer`, in `reward_model.py`, re-exported here), a Python function given as
 `path/to/file.py:function` or `module:function` (`FunctionScorer`, `load_reward_function`), or a
 built-in rule such as `exact_match`. Any non-finite or missing score is an error naming the sample.
 """
@@ -16,6 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from rlhfkit.rollout.reward_model import RewardModelScorer, load_reward_scorer
+
+__all__ = ["BUILTIN_REWARDS", "FunctionScorer", "RewardModelScorer", "check_scores", "exact_match",
+           "extract_final_answer", "load_reward_function", "load_reward_scorer"]
 
 
 def _short(text, limit: int = 200) -> str:
@@ -69,62 +74,6 @@ class FunctionScorer:
 
     def __call__(self, experience) -> torch.Tensor:
         return self.score_texts(experience.prompts, experience.responses, **experience.fields)
-
-
-def _same_tokenizer(a, b) -> bool:
-    if a is b:
-        return True
-    return a.eos_token_id == b.eos_token_id and a.get_vocab() == b.get_vocab()
-
-
-class RewardModelScorer:
-    """Scores with a `ScalarHeadModel` reward model read at each row's last valid token.
-
-    When the reward model shares the policy's tokenizer (policy_tokenizer None or the same
-    vocabulary) the experience's ids, masks and positions are reused; otherwise the prompt and
-    response texts are re-tokenized with `tokenizer` (EOS appended when the response ended in EOS).
-    normalize: subtract the model's `reward_mean` and divide by `reward_std` when they are set.
-    """
-
-    name = "reward model"
-
-    def __init__(self, reward_model, tokenizer, policy_tokenizer=None, normalize: bool = True):
-        self.reward_model, self.tokenizer, self.normalize = reward_model, tokenizer, normalize
-        self.reuse_ids = policy_tokenizer is None or _same_tokenizer(tokenizer, policy_tokenizer)
-
-    def _retokenize(self, experience):
-        """Left-padded (N, T) ids, mask, positions and last index for the reward model's tokenizer."""
-        from rlhfkit.models.forward import position_ids_from_mask
-
-        tok = self.tokenizer
-        special = getattr(tok, "chat_template", None) is None  # a chat template writes BOS into the text
-        stopped = experience.stopped if experience.stopped is not None else torch.zeros_like(experience.eos)
-        rows = []
-        for prompt, response, eos, stop in zip(experience.prompts, experience.responses,
-                                               experience.eos.tolist(), stopped.tolist()):
-            ids = tok(prompt, add_special_tokens=special)["input_ids"]
-            ids += tok(response, add_special_tokens=False)["input_ids"]
-            rows.append(ids + ([tok.eos_token_id] if eos and not stop and tok.eos_token_id is not None else []))
-        width = max(len(r) for r in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        last = torch.full((len(rows),), width - 1)
-        return input_ids, mask, position_ids_from_mask(mask), last
-
-    def __call__(self, experience) -> torch.Tensor:
-        from rlhfkit.rollout.generation import eval_mode
-
-        model = self.reward_model
-        device = next(model.parameters()).device
-        if self.reuse_ids:
-            inputs = (experience.input_ids, experience.attention_mask, experience.position_ids,
-                      experience.last_index)
-        else:
-            inputs = self._retokenize(experience)
-        with torch.no_grad(), eval_mode(model):
-            scores = model.score(*(t.to(device) for t in inputs))  # (N,)
-        return model.normalize(scores) if self.normalize else scores
 
 
 # ---------------------------------------------------------------- reward functions

@@ -17,7 +17,7 @@ from rlhfkit import algos as A
 from rlhfkit import models as M
 from rlhfkit.config import ConfigError, save_config
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthMonitor
-from rlhfkit.rollout import (Engine, FunctionScorer, GenerationSettings, RewardModelScorer, load_reward_function,
+from rlhfkit.rollout import (Engine, FunctionScorer, GenerationSettings, load_reward_function, load_reward_scorer,
                              make_engine)
 from rlhfkit.trainers.algorithms import Algorithm, resolve_algorithm
 from rlhfkit.trainers.common import configure_cpu_threads, make_optimizer, make_scheduler, set_seed
@@ -31,6 +31,7 @@ class Models:
     tokenizer: object
     policy: torch.nn.Module
     scorer: object  # RewardModelScorer or FunctionScorer: scorer(experience) -> (N,) scores
+    # (a reward model of another family reads its own tokenizer's ids: rollout/reward_model.py)
     reference: torch.nn.Module | None = None
     ref_context: object = None  # LoRA: adapters_disabled, the policy computing as the reference
     gold: FunctionScorer | None = None  # logged only, never trained on
@@ -104,6 +105,7 @@ def build_models(cfg, algo: Algorithm, device) -> Models:
     trc = cfg.trust_remote_code
     tokenizer = M.load_tokenizer(cfg.policy, trust_remote_code=trc)
     policy = M.load_causal_lm(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+    M.check_vocab_fits(policy, tokenizer, cfg.policy)
     reference, ref_context = None, None
     if cfg.lora_r:
         policy = M.apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha)
@@ -111,13 +113,14 @@ def build_models(cfg, algo: Algorithm, device) -> Models:
     elif algo.needs_reference:
         reference = M.load_reference(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
     if cfg.reward_model:
-        scorer = RewardModelScorer(M.load_reward_model(cfg.reward_model, dtype=cfg.dtype, device=device,
-                                                       trust_remote_code=trc), tokenizer)
+        scorer = load_reward_scorer(cfg.reward_model, tokenizer, dtype=cfg.dtype, device=device, trust_remote_code=trc)
     else:
         scorer = FunctionScorer(load_reward_function(cfg.reward_fn))
     gold = FunctionScorer(load_reward_function(cfg.gold_fn)) if cfg.gold_fn else None
-    critic = M.load_critic(algo.critic_init, dtype=cfg.dtype, device=device, trust_remote_code=trc) \
-        if algo.critic else None
+    critic = None
+    if algo.critic:  # a critic reads the policy's tokens: refuse a base of another vocabulary
+        M.check_critic_base(algo.critic_init, tokenizer, trust_remote_code=trc)
+        critic = M.load_critic(algo.critic_init, dtype=cfg.dtype, device=device, trust_remote_code=trc)
     prm = M.load_causal_lm(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc) \
         if algo.process_reward else None
     return Models(tokenizer=tokenizer, policy=policy, scorer=scorer, reference=reference, ref_context=ref_context,
@@ -200,6 +203,7 @@ def setup_rl(cfg) -> RLRun:
                                           cfg.max_prompt_length, overlong=cfg.overlong)
     if not rows:
         raise ConfigError(f"{cfg.prompts}: no prompt left after over-long handling ({prompt_stats})")
+    getattr(models.scorer, "add_prompts", lambda rows: None)(rows)  # multi-turn chats re-rendered exactly
     opt = build_optimizers(cfg, algo, models)
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                   top_k=cfg.top_k, n=algo.n, stop_strings=tuple(cfg.stop_strings))
