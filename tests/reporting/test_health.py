@@ -169,6 +169,20 @@ def test_reward_hacking_without_gold_uses_length_or_entropy():
     assert fired(sharper) == {"reward_hacking"} and "entropy_end" in sharper[0].figures
 
 
+def test_reward_hacking_without_gold_uses_repetition_and_diversity():
+    rows = [dict(r, **{"response/repeat_3gram_fraction": 0.05, "response/distinct_2": 0.8})
+            for r in healthy_rows(gold=False)]
+    score_up = lambda k, v: v + 0.05 * k
+    assert scan(broken(rows, reward__score_mean=score_up)) == []  # steady repetition: no sign
+    looping = scan(broken(rows, reward__score_mean=score_up,
+                          response__repeat_3gram_fraction=lambda k, v: min(1.0, v + 0.05 * k)))
+    assert fired(looping) == {"reward_hacking"} and "repeat_end" in looping[0].figures
+    narrower = scan(broken(rows, reward__score_mean=score_up, response__distinct_2=lambda k, v: v * math.exp(-k / 10)))
+    assert fired(narrower) == {"reward_hacking"} and "distinct2_end" in narrower[0].figures
+    # the same repetition with a flat score is not reward hacking
+    assert "reward_hacking" not in fired(scan(broken(rows, response__repeat_3gram_fraction=lambda k, v: 0.9)))
+
+
 def test_reward_hacking_trusts_gold_over_length():
     # score and gold rise together while responses grow: progress, not hacking
     rows = broken(healthy_rows(), reward__score_mean=lambda k, v: v + 0.05 * k,
