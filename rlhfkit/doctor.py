@@ -35,7 +35,8 @@ class DoctorConfig:
     critic: str | None = option(None, "critic initialisation folder (default as in `rl`: the reward model, else "
                                       "the policy)")
     algo: str = option("grpo", "the algorithm you will run: decides the critic and the group size")
-    n: int | None = option(None, "responses per prompt (default: the algorithm's)")
+    n: int | None = option(None, "responses per prompt (default: the algorithm's); YAML key `n`",
+                           flag="--samples-per-prompt", aliases=("--num-samples",))
     prompt_field: str | None = option(None, "prompt field name when not `prompt` / `messages`")
     num_prompts: int = option(4, "prompts sampled for the check")
     prompts_per_step: int = option(8, "prompts per RL step, for the memory / time estimate")

@@ -202,6 +202,23 @@ METRICS: dict[str, MetricDef] = _defs(
      "reference is loaded).",
      "1", "Rising far above its start: the policy writes text the SFT model finds unlikely (drift, "
      "reward hacking); MOSS-RLHF watches it with reward and length."),
+    ("probe/score_mean", "Mean score of the held-out probe's answers (fixed prompts and sampling keys, every "
+     "probe_every steps).", "reward", "Rising with probe/gold_mean is progress; rising alone past a KL budget is "
+     "over-optimization."),
+    ("probe/gold_mean", "Mean gold reward of the probe's answers (when gold_fn is given).", "reward",
+     "Falling from its best while probe/score_mean rises: the overoptimization detector fires."),
+    ("probe/gold_se", "Standard error of probe/gold_mean (std / sqrt(probe_size)).", "reward",
+     "The unit of the overoptimization detector's gold drop."),
+    ("probe/kl_mean", "KL (k1, summed per response, mean over the probe) of the policy to the reference on "
+     "the probe's answers; measured even with kl_coef 0.", "nats", "Grows as the policy leaves the reference; "
+     "beyond overopt_kl_budget a rising score is suspect."),
+    ("probe/ppl_ref", "Perplexity of the probe's answers under the reference.", "1",
+     "Grows when the policy writes text the reference finds unlikely."),
+    ("probe/length_mean", "Mean length of the probe's answers.", "tokens", "A steady change is a policy change, "
+     "not sampling noise (fixed prompts and keys)."),
+    ("probe/repeat_3gram_fraction", "Share of the probe's answers that repeat a 3-gram.", "fraction",
+     "Rising: the answers loop."),
+    ("probe/distinct_2", "Distinct-2 over the probe's answers.", "fraction", "Falling: the answers narrow."),
     ("reward/return_std",
      "Running standard deviation of the sequences' discounted returns that the rewards are divided by "
      "(scale_rewards, PPO-max reward scaling).",
@@ -341,6 +358,8 @@ EVENTS: dict[str, str] = {
     # Run-health detectors (rlhfkit/reporting/health/, docs/health/): entropy_collapse and
     # clipfrac_high above are detectors too.
     "kl_runaway": "kl/mean above its limit or growing fast: the policy drifts away from the reference.",
+    "overoptimization": "On the held-out probe the score kept rising while the gold reward fell (or, without "
+                        "gold, past a KL budget while the answers drifted): the best probe's policy is OUTPUT/best.",
     "reward_hacking": "The score rose while the gold reward fell (or, without gold, while responses grew "
                       "longer or the policy's entropy fell): the policy exploits the reward.",
     "value_instability": "loss/value jumped or oscillated, or value/explained_variance stayed strongly "

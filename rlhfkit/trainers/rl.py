@@ -47,6 +47,8 @@ def train_rl(cfg: RLConfig) -> dict:
                     logger.event(step + 1, "nonfinite", str(err))
                     raise
                 step += 1
+                if run.probe is not None and step % cfg.probe_every == 0:
+                    metrics.update(_probe(run, step))
                 for name, message in events:
                     logger.event(step, name, message)
                 if step % cfg.log_every == 0 or step == cfg.steps:
@@ -74,7 +76,23 @@ def train_rl(cfg: RLConfig) -> dict:
     finally:
         bar.close()
         logger.close()
-    return {"output": str(run.out_dir), "final": str(_save_final(run)), **metrics}
+    best = run.out_dir / "best"
+    return {"output": str(run.out_dir), "final": str(_save_final(run)), **({"best": str(best)} if
+            run.probe is not None and run.probe.best else {}), **metrics}
+
+
+def _probe(run: RLRun, step: int) -> dict:
+    """The held-out probe's metrics; the policy is kept as OUTPUT/best when this probe is the best yet
+    (not under FSDP, whose sharded weights are only gathered for the final save)."""
+    from rlhfkit.models import save_model
+    from rlhfkit.trainers.probe import keep_if_best, run_probe
+
+    out = run_probe(run.probe, run.models)
+    if not run.cfg.fsdp:
+        save = (lambda folder: save_model(run.models.policy, run.models.tokenizer, folder)) if run.world.main \
+            else (lambda folder: None)
+        keep_if_best(run.probe, out, step, save, run.out_dir)
+    return out
 
 
 class _Checkpoints:
@@ -88,7 +106,8 @@ class _Checkpoints:
 
     def _parts(self):
         run = self.run
-        return (run.models.trained(), run.opt.by_model(), {"policy": run.opt.policy_sched}, run.ctl.stateful())
+        stateful = {**run.ctl.stateful(), **({"probe": run.probe} if run.probe is not None else {})}
+        return run.models.trained(), run.opt.by_model(), {"policy": run.opt.policy_sched}, stateful
 
     def save(self, step: int) -> None:
         run = self.run

@@ -28,7 +28,8 @@ def _health_options():
 
 # Which thresholds belong to which detector, for the nested `health:` YAML section.
 _PREFIX = {"kl_runaway": "kl_", "entropy_collapse": "entropy_", "reward_hacking": "hacking_",
-           "value_instability": "value_", "stalled": "stalled_", "clipfrac_high": "clipfrac_"}
+           "value_instability": "value_", "stalled": "stalled_", "clipfrac_high": "clipfrac_",
+           "overoptimization": "overopt_"}
 
 
 # The run-health settings as flat fields, so YAML keys and CLI flags stay 1:1 with the config.
@@ -141,6 +142,13 @@ class RLConfig(HealthOptions):
     fsdp_param_dtype: str | None = option(None, "with fsdp: compute dtype (mixed precision; gradients reduced in "
                                                 "float32)", choices=(None, "bfloat16", "float16"))
     fsdp_cpu_offload: bool = option(False, "with fsdp: keep shards and optimizer state in CPU memory (GPU runs)")
+    probe_every: int = option(10, "held-out probe every N steps (0: none): fixed prompts and sampling keys, "
+                                  "measured against the reward, the gold reward and a reference (docs/health/README.md)")
+    probe_size: int = option(32, "prompts in the probe")
+    probe_data: str | None = option(None, "the probe's prompts (held out from training); default: a fixed sample "
+                                          "of the training prompts")
+    probe_kl_penalty: float = option(0.05, "best checkpoint without a gold reward: the probe's score - this x its "
+                                           "KL to the reference")
     engine: str = option("hf", "rollout engine that samples the responses (docs/rl/README.md#rollout-engines)",
                          choices=tuple(ENGINES))
 
@@ -161,6 +169,7 @@ class RLConfig(HealthOptions):
         "critic": ("critic_lr", "value_clip", "critic_warmup_steps"),
         "models": ("lora_r", "lora_alpha", "dtype", "device", "trust_remote_code"),
         "distributed": ("fsdp", "fsdp_param_dtype", "fsdp_cpu_offload"),
+        "held-out probe and best checkpoint": ("probe_every", "probe_size", "probe_data", "probe_kl_penalty"),
         "logging and checkpoints": ("seed", "log_every", "save_every", "resume", "on_nonfinite", "report_to"),
     }
 

@@ -22,6 +22,7 @@ from rlhfkit.rollout import (Engine, FunctionScorer, GenerationSettings, load_re
 from rlhfkit.trainers.algorithms import Algorithm, resolve_algorithm
 from rlhfkit.trainers.common import configure_cpu_threads, make_optimizer, make_scheduler, set_seed
 from rlhfkit.trainers.distributed import World, broadcast_parameters, check_fsdp, init_distributed, shard_model
+from rlhfkit.trainers.probe import build_probe
 
 
 @dataclass
@@ -37,6 +38,9 @@ class Models:
     gold: FunctionScorer | None = None  # logged only, never trained on
     critic: torch.nn.Module | None = None
     prm: torch.nn.Module | None = None  # PRIME's implicit process reward model
+    # The probe's reference when training loads none (kl_coef 0): a frozen copy, or LoRA's adapters off.
+    monitor_reference: torch.nn.Module | None = None
+    monitor_context: object = None
 
     def trained(self) -> dict:
         """name -> module of every model with an optimizer (their weights are checkpointed)."""
@@ -94,6 +98,7 @@ class RLRun:
     settings: GenerationSettings
     ptx: object = None  # PPO-ptx demonstration stream
     out_dir: Path = Path(".")
+    probe: object = None  # trainers.probe.Probe, or None
 
     @property
     def uses_rollback(self) -> bool:
@@ -123,8 +128,15 @@ def build_models(cfg, algo: Algorithm, device) -> Models:
         critic = M.load_critic(algo.critic_init, dtype=cfg.dtype, device=device, trust_remote_code=trc)
     prm = M.load_causal_lm(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc) \
         if algo.process_reward else None
+    monitor_reference, monitor_context = None, None
+    if cfg.probe_every and not algo.needs_reference:  # the probe still measures the KL to the start
+        if cfg.lora_r:
+            monitor_context = M.adapters_disabled
+        else:
+            monitor_reference = M.load_reference(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
     return Models(tokenizer=tokenizer, policy=policy, scorer=scorer, reference=reference, ref_context=ref_context,
-                  gold=gold, critic=critic, prm=prm)
+                  gold=gold, critic=critic, prm=prm, monitor_reference=monitor_reference,
+                  monitor_context=monitor_context)
 
 
 def build_optimizers(cfg, algo: Algorithm, models: Models) -> Optimizers:
@@ -217,4 +229,5 @@ def setup_rl(cfg) -> RLRun:
         m.eval()
     engine = make_engine(cfg.engine, models.policy, models.tokenizer)
     return RLRun(cfg=cfg, algo=algo, world=w, device=device, threads=threads, models=models, opt=opt, ctl=ctl,
-                 engine=engine, rows=rows, prompt_stats=prompt_stats, settings=settings, ptx=ptx, out_dir=out_dir)
+                 engine=engine, rows=rows, prompt_stats=prompt_stats, settings=settings, ptx=ptx, out_dir=out_dir,
+                 probe=build_probe(cfg, models.tokenizer, rows))
