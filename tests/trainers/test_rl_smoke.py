@@ -106,16 +106,18 @@ def test_micro_batches_give_the_whole_batch_update(algo, agg, tiny_dir, data_dir
     assert micro["loss/policy"] == pytest.approx(whole["loss/policy"], rel=1e-4, abs=1e-5 * terms)
     # The weights: compare the updates as vectors. Adam's first step is ~lr * sign(g) per entry, so
     # an entry whose gradient is float noise can move differently on another CPU; the update as a
-    # whole agrees to ~1e-6 relative, and a wrongly weighted micro-batch changes it by percents.
+    # whole agrees to ~3e-6 relative here, and normalizing each micro-batch by its own count moves
+    # it by 2e-3 to 4e-3 (Adam's sign-like first step hides most of a reweighting): 1e-4 sits
+    # between, with a factor of 20 or more to each side.
     start = final_params(tiny_dir)
     a, b = final_params(whole["final"]), final_params(micro["final"])
     assert not torch.allclose(a, start)
-    assert relative_gap(a - start, b - start) < 1e-3
+    assert relative_gap(a - start, b - start) < 1e-4
     if algo == "ppo":
         ca = torch.cat([p.flatten() for p in load_scalar_model(tmp_path / "whole" / "final" / "critic").parameters()])
         cb = torch.cat([p.flatten() for p in load_scalar_model(tmp_path / "micro" / "final" / "critic").parameters()])
         c0 = torch.cat([p.flatten() for p in load_critic(tiny_dir).parameters()])  # the critic's start
-        assert relative_gap(ca - c0, cb - c0) < 1e-3
+        assert relative_gap(ca - c0, cb - c0) < 1e-4
 
 
 def relative_gap(x: torch.Tensor, y: torch.Tensor) -> float:
