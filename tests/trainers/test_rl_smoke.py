@@ -122,6 +122,7 @@ def test_micro_batches_give_the_whole_batch_update(algo, agg, tiny_dir, data_dir
 
 def relative_gap(x: torch.Tensor, y: torch.Tensor) -> float:
     """|x - y| / |x| (L2): how far two update vectors are apart, on the scale of the update."""
+    x, y = x.detach(), y.detach()
     return float((x - y).norm() / x.norm().clamp(min=1e-12))
 
 
