@@ -77,8 +77,9 @@ class QuickstartConfig:
     seed: int = option(0, "seed for data, model initialisation and sampling")
     device: str = option("cpu", "cpu (the quickstart is sized for a laptop CPU), cuda or auto")
     threads: int = option(1, "CPU threads for torch (0: torch's default, one per core). The default 1 makes the "
-                             "numbers the same on every machine with the same torch (floating-point sums depend on "
-                             "the thread count) and whatever else is running; 2 threads were ~20% faster on an "
+                             "numbers independent of the core count and of whatever else is running (floating-point "
+                             "sums depend on the thread count): the same on the same CPU type with the same library "
+                             "versions, not across CPU types (docs/quickstart.md); 2 threads were ~20% faster on an "
                              "idle 2-core machine and many times slower on a busy one")
 
     def __post_init__(self):

@@ -1,7 +1,7 @@
 """Metric logging: `OUTPUT/metrics.jsonl` always, TensorBoard and W&B when asked.
 
 One JSON object per line: metric rows `{"step": 3, "kl/mean": 1.2, ...}` and health events
-`{"step": 3, "event": "kl_high", "message": "...", ...extra}`. Non-finite numbers are written as
+`{"step": 3, "event": "kl_runaway", "message": "...", ...extra}`. Non-finite numbers are written as
 JSON `null` (JSON has no NaN), counted in `MetricsLogger.nonfinite`, and warned about once per
 name; the trainers stop on a non-finite loss anyway, this only keeps the file valid JSON.
 """

@@ -2,8 +2,10 @@
 
 A row of `metrics.jsonl` is `{"step": int, "<namespace>/<name>": number | null, ...}`; a health
 event is `{"step": int, "event": name, "message": str, ...extra}`. Trainers log only names that
-are keys of `METRICS`; `undefined_metrics` lets tests check that. `docs/metrics.md` is the same
-table, produced by `metrics_markdown()`.
+are keys of `METRICS` and emit only events that are keys of `EVENTS`; a name that is not in every
+run of its stages says when it is logged (`MetricDef.when`, `EVENT_WHEN`).
+`tests/trainers/test_glossary_guard.py` runs every algorithm and checks both directions.
+`docs/metrics.md` is the same table, produced by `metrics_markdown()`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class MetricDef:
     unit: "nats", "seconds", "fraction", "tokens", "count", "reward" (the reward's own scale), ...
     watch: what a healthy run looks like and which failure the number reveals.
     stages: which trainers log it ("sft", "rm", "rl").
+    when: "" when every run of those stages logs it (for "rl": at least with some algorithm);
+        otherwise the condition under which it is logged, e.g. "critic_warmup_steps > 0".
     """
 
     name: str
@@ -28,6 +32,7 @@ class MetricDef:
     unit: str
     watch: str
     stages: tuple[str, ...] = ("rl",)
+    when: str = ""
 
 
 def _defs(*items: tuple) -> dict[str, MetricDef]:
@@ -41,11 +46,12 @@ def _defs(*items: tuple) -> dict[str, MetricDef]:
 
 
 _ALL = ("sft", "rm", "rl")
+_RETURNED = "never written to metrics.jsonl: a key of the dict train_sft / train_rm return"
 
 METRICS: dict[str, MetricDef] = _defs(
     ("step",
      "Optimizer step for SFT and RM; completed RL iteration (rollout, scoring, update) for RL. "
-     "Counts from 1; step 0 holds values measured before training (e.g. data/*).",
+     "Counts from 1.",
      "count", "The x-axis of every plot; a resumed run continues the count without repeating a step.", _ALL),
     # -- reward: one number per response (scores, shape (B,)), before KL shaping -----------------
     ("reward/score_mean",
@@ -62,19 +68,19 @@ METRICS: dict[str, MetricDef] = _defs(
     ("reward/score_min", "Smallest score in the batch.", "reward",
      "Watch with score_max: the spread of what the policy produces."),
     ("reward/gold_mean",
-     "Mean of the task's hidden gold reward on the same responses (bundled tasks only; never used "
-     "for training).",
+     "Mean of the gold reward (gold_fn, e.g. a bundled task's hidden reward) on the same responses; "
+     "never used for training.",
      "reward", "The true measure of progress: should rise with score_mean. Score up and gold down is "
-     "reward hacking."),
+     "reward hacking.", ("rl",), "gold_fn is set"),
     ("reward/normalized_mean",
-     "Mean of the scores after running-moment normalization and clipping (PPO-max), i.e. what the "
-     "advantage estimator receives.",
+     "Mean of the scores after running-moment normalization (PPO-max), before the reward_clip clamp "
+     "(the estimator receives the clamped scores).",
      "reward", "Hovers near 0 once the running moments settle; a drift far from 0 means the moments "
-     "are lagging the score distribution."),
+     "are lagging the score distribution.", ("rl",), "normalize_rewards is true"),
     # -- KL to the reference model ---------------------------------------------------------------
     ("kl/mean",
      "Per-sequence KL to the reference: the k1 estimator (logprobs - ref_logprobs, unbiased) summed "
-     "over response tokens, then averaged over the batch.",
+     "over response tokens, then averaged over the batch; 0 without a reference model (kl_coef 0).",
      "nats", "Should grow slowly and stay bounded. A steady climb means the policy drifts away from "
      "the SFT model, usually toward text the reward model over-rates; raise the KL coefficient or "
      "lower the KL target."),
@@ -83,8 +89,10 @@ METRICS: dict[str, MetricDef] = _defs(
      "1", "With the adaptive controller it rises when kl/mean is above its target and falls below it; "
      "stuck at a bound means the target cannot be met."),
     ("kl/token_mean",
-     "The KL estimator averaged over response tokens (masked mean over the batch), not summed.",
-     "nats/token", "Same story as kl/mean without the length effect: use it when response lengths change."),
+     "The k1 estimator averaged over response tokens (masked mean over the batch), not summed.",
+     "nats/token", "Same story as kl/mean without the length effect: use it when response lengths change.",
+     ("rl",), "a reference model is loaded (kl_coef > 0, or prime) and the rollout takes the policy's "
+     "logprobs (not the single-pass case: ppo_epochs 1, one minibatch, KL in the loss or none)"),
     # -- policy update diagnostics --------------------------------------------------------------
     ("policy/entropy",
      "Entropy of the policy's next-token distribution, averaged over response tokens.",
@@ -104,11 +112,12 @@ METRICS: dict[str, MetricDef] = _defs(
      "Mean probability ratio pi/pi_old over response tokens during the update.",
      "1", "Stays close to 1; far from 1 means the data is stale relative to the policy."),
     ("policy/ratio_max",
-     "Largest probability ratio pi/pi_old over the minibatch's response tokens.",
+     "Largest probability ratio pi/pi_old over a micro-batch's response tokens, averaged (token-"
+     "weighted) over the micro-batches and minibatches of the step.",
      "1", "Very large values point to tokens whose probability exploded; the clip bounds their effect."),
     ("policy/dual_clipfrac",
      "Fraction of response tokens where the dual clip (a bound on the loss for negative advantages, "
-     "Ye et al. 2020) took effect.",
+     "Ye et al. 2020) took effect; 0 when dual_clip is unset.",
      "fraction", "Should be rare; frequent dual clipping means the policy moved far on bad tokens."),
     ("policy/kl",
      "ppo-penalty: token-mean estimate of KL(pi_old || pi), (r - 1) - log r, inside the penalty loss; "
@@ -124,7 +133,8 @@ METRICS: dict[str, MetricDef] = _defs(
      "means the target is hard to meet."),
     # -- losses ------------------------------------------------------------------------------
     ("loss/policy",
-     "Policy-gradient loss (clipped surrogate for PPO) after loss aggregation, mean over minibatches.",
+     "Policy-gradient loss (clipped surrogate for PPO) after loss aggregation, mean over minibatches; "
+     "TRPO: minus the surrogate after the step.",
      "1", "Not a progress measure (it hovers near 0 by design); look for spikes and non-finite values."),
     ("loss/value",
      "Critic loss: 0.5 x (clipped) squared error between values and returns, masked mean over "
@@ -132,25 +142,25 @@ METRICS: dict[str, MetricDef] = _defs(
      "reward^2", "Falls during critic warmup, then stays level. Growing means the critic cannot track "
      "the returns (lower its learning rate, enable value clipping)."),
     ("loss/kl",
-     "KL term added to the policy loss when the algorithm puts the KL in the loss (e.g. GRPO): "
-     "beta x aggregated KL estimator.",
-     "nats/token", "Grows with the policy's distance from the reference; should stay small next to loss/policy."),
+     "The KL estimator aggregated like the policy loss (loss_agg), before its coefficient: the loss "
+     "adds kl/coef x this. Mean over minibatches.",
+     "nats/token", "Grows with the policy's distance from the reference; kl/coef x loss/kl should stay "
+     "small next to loss/policy.", ("rl",), "the KL is in the loss (grpo, or kl_placement loss) and kl_coef > 0"),
     ("loss/entropy",
-     "Entropy-bonus term added to the policy loss: -entropy_coef x aggregated entropy.",
-     "nats/token", "Only present with an entropy bonus; tracks policy/entropy."),
+     "Policy entropy aggregated like the policy loss (loss_agg), before its coefficient: the loss "
+     "subtracts entropy_coef x this. Mean over minibatches.",
+     "nats/token", "Tracks policy/entropy.", ("rl",), "entropy_coef != 0"),
     ("loss/sft",
-     "Pretraining (SFT) cross-entropy mixed into the policy loss (PPO-ptx), token mean before its "
-     "coefficient.",
-     "nats/token", "Should stay near the SFT model's loss; rising means RL is eroding what SFT taught."),
-    ("loss/total",
-     "Sum of the weighted policy-side terms that are backpropagated (policy + kl + entropy + sft).",
-     "1", "Spikes and non-finite values are what matter."),
+     "Pretraining (SFT) cross-entropy on a demonstration micro-batch mixed into the policy loss "
+     "(PPO-ptx), token mean before its coefficient ptx_coef, mean over minibatches.",
+     "nats/token", "Should stay near the SFT model's loss; rising means RL is eroding what SFT taught.",
+     ("rl",), "ptx_coef > 0 (with ptx_data)"),
     # -- critic -------------------------------------------------------------------------------
     ("value/explained_variance",
      "1 - Var(returns - values) / Var(returns) over response tokens.",
      "1", "Rises toward 1 as the critic learns; at or below 0 the critic is no better than a constant."),
     ("value/clipfrac",
-     "Fraction of response tokens where value clipping took effect.",
+     "Fraction of response tokens where value clipping took effect (0 when value_clip is unset).",
      "fraction", "High values mean the critic is held back by the clip range."),
     ("value/mean", "Mean predicted value over response tokens.", "reward",
      "Should follow returns/mean."),
@@ -196,54 +206,56 @@ METRICS: dict[str, MetricDef] = _defs(
     ("response/ppl_policy",
      "Perplexity of the sampled responses under the policy: exp(-mean log pi over response tokens), "
      "from the rollout's logprobs (or, on a single pass, the update's forward): no extra forward.",
-     "1", "exp(entropy of the samples); collapsing toward 1 means the policy became deterministic."),
+     "1", "exp(entropy of the samples); collapsing toward 1 means the policy became deterministic.", ("rl",), "every step but a single-pass step without an update (every group dropped)"),
     ("response/ppl_ref",
      "Perplexity of the sampled responses under the reference policy, from ref_logprobs (logged when a "
      "reference is loaded).",
      "1", "Rising far above its start: the policy writes text the SFT model finds unlikely (drift, "
-     "reward hacking); MOSS-RLHF watches it with reward and length."),
+     "reward hacking); MOSS-RLHF watches it with reward and length.", ("rl",), "a reference model is loaded for training (kl_coef > 0, or prime)"),
     ("probe/score_mean", "Mean score of the held-out probe's answers (fixed prompts and sampling keys, every "
      "probe_every steps).", "reward", "Rising with probe/gold_mean is progress; rising alone past a KL budget is "
-     "over-optimization."),
+     "over-optimization.", ("rl",), "probe_every > 0, on probe steps"),
     ("probe/gold_mean", "Mean gold reward of the probe's answers (when gold_fn is given).", "reward",
-     "Falling from its best while probe/score_mean rises: the overoptimization detector fires."),
+     "Falling from its best while probe/score_mean rises: the overoptimization detector fires.", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
     ("probe/gold_se", "Standard error of probe/gold_mean (std / sqrt(probe_size)).", "reward",
-     "The unit of the overoptimization detector's gold drop."),
+     "The unit of the overoptimization detector's gold drop.", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
     ("probe/kl_mean", "KL (k1, summed per response, mean over the probe) of the policy to the reference on "
      "the probe's answers; measured even with kl_coef 0.", "nats", "Grows as the policy leaves the reference; "
-     "beyond overopt_kl_budget a rising score is suspect."),
+     "beyond overopt_kl_budget a rising score is suspect.", ("rl",), "probe_every > 0, on probe steps"),
     ("probe/ppl_ref", "Perplexity of the probe's answers under the reference.", "1",
-     "Grows when the policy writes text the reference finds unlikely."),
+     "Grows when the policy writes text the reference finds unlikely.", ("rl",), "probe_every > 0, on probe steps"),
     ("probe/length_mean", "Mean length of the probe's answers.", "tokens", "A steady change is a policy change, "
-     "not sampling noise (fixed prompts and keys)."),
+     "not sampling noise (fixed prompts and keys).", ("rl",), "probe_every > 0, on probe steps"),
     ("probe/repeat_3gram_fraction", "Share of the probe's answers that repeat a 3-gram.", "fraction",
-     "Rising: the answers loop."),
-    ("probe/distinct_2", "Distinct-2 over the probe's answers.", "fraction", "Falling: the answers narrow."),
+     "Rising: the answers loop.", ("rl",), "probe_every > 0, on probe steps"),
+    ("probe/distinct_2", "Distinct-2 over the probe's answers.", "fraction", "Falling: the answers narrow.", ("rl",), "probe_every > 0, on probe steps"),
     ("reward/return_std",
      "Running standard deviation of the sequences' discounted returns that the rewards are divided by "
      "(scale_rewards, PPO-max reward scaling).",
-     "reward", "Settles after a few steps; a steady climb means the returns' scale keeps growing."),
+     "reward", "Settles after a few steps; a steady climb means the returns' scale keeps growing.", ("rl",), "scale_rewards is true"),
     # -- optimization ------------------------------------------------------------------------
     ("grad/norm",
-     "Global L2 norm of the gradient before clipping (policy; last accumulation step of the step).",
+     "Global L2 norm of the accumulated gradient before clipping. SFT/RM: of the step's one optimizer "
+     "step. RL: the policy's, averaged over the step's minibatches and epochs (absent for TRPO, which "
+     "takes no optimizer step, and during critic warm-up).",
      "1", "Spikes often precede divergence; a norm always at the clip value means clipping does the steering.",
      _ALL),
     ("grad/critic_norm",
-     "Global L2 norm of the critic's gradient before clipping.",
+     "Global L2 norm of the critic's gradient before clipping, averaged over the step's minibatches.",
      "1", "Spikes usually come from returns the critic has never seen (e.g. a jump in the scores)."),
     ("lr", "Learning rate of the (policy) optimizer after the scheduler.", "1",
      "Follows the schedule; check warmup and decay did what the config says.", _ALL),
     # -- time ---------------------------------------------------------------------------------
     ("time/step_s", "Wall-clock seconds for the whole step.", "seconds",
      "Total cost; the parts below say where it goes.", _ALL),
-    ("time/generate_s", "Seconds spent sampling responses.", "seconds",
-     "Usually the largest part of an RL step; grows with response length."),
-    ("time/score_s", "Seconds spent scoring responses (reward model or reward function).", "seconds",
-     "Should be small next to generation."),
-    ("time/forward_s",
-     "Seconds spent in forward passes for old logprobs, reference logprobs and values.",
-     "seconds", "Grows with the number of models the algorithm needs."),
-    ("time/train_s", "Seconds spent in the optimization epochs (policy and critic).", "seconds",
+    ("time/generate_s",
+     "Seconds spent making the step's experience: sampling, the policy / reference / critic "
+     "forwards and scoring (make_experience), not only generation.", "seconds",
+     "Usually the largest part of an RL step; grows with response length and with the number of "
+     "models the algorithm needs."),
+    ("time/train_s",
+     "Seconds from the end of experience making to the end of the update: reward shaping, "
+     "advantages, the optimization epochs (policy and critic) and the KL controller.", "seconds",
      "Grows with ppo_epochs and the number of minibatches."),
     # -- algorithm-specific -------------------------------------------------------------------
     ("prime/prm_loss",
@@ -259,7 +271,8 @@ METRICS: dict[str, MetricDef] = _defs(
     ("groups/dropped_fraction",
      "Fraction of prompt groups dropped because all n responses got the same score (DAPO dynamic "
      "sampling).",
-     "fraction", "Near 1 means the task is too easy or too hard for the policy: almost no learning signal."),
+     "fraction", "Near 1 means the task is too easy or too hard for the policy: almost no learning signal.",
+     ("rl",), "drop_uniform_groups is true and n > 1"),
     # -- SFT and reward-model trainers -------------------------------------------------------
     ("train/loss",
      "SFT: token-mean cross-entropy on response tokens of the training batch. RM: mean pairwise "
@@ -283,13 +296,14 @@ METRICS: dict[str, MetricDef] = _defs(
      "Near 1; near 0 means every step broke the KL limit or failed to improve the surrogate.", ("rl",)),
     ("train/skipped_minibatches",
      "RL: minibatches skipped this step because a loss or gradient was not finite (--on-nonfinite skip).",
-     "count", "Should be 0; anything else means the run is numerically unstable.", ("rl",)),
+     "count", "Should be 0; anything else means the run is numerically unstable.", ("rl",),
+     "on_nonfinite is skip and a loss or gradient was not finite"),
     ("train/tokens", "SFT: number of response (loss) tokens in this step's batch.", "tokens",
      "Steady unless sequence lengths vary a lot; the effective batch size of the loss.", ("sft",)),
     ("train/lm_loss",
      "RM: token-mean cross-entropy of the LM (imitation) term on the chosen responses, before its "
      "coefficient (MOSS-RLHF reward model).",
-     "nats", "Should stay near the SFT model's loss; only present when the LM term is on.", ("rm",)),
+     "nats", "Should stay near the SFT model's loss.", ("rm",), "lm_coef > 0"),
     ("train/accuracy",
      "RM: fraction of training pairs in the batch with r_chosen > r_rejected; with rankings, the mean over "
      "the batch's prompts of the fraction of each prompt's pairs ordered correctly (each prompt counts once).",
@@ -309,13 +323,13 @@ METRICS: dict[str, MetricDef] = _defs(
      "RM with --group-by (or mixed files): eval/accuracy over the held-out pairs of one group (a value of "
      "the grouping field, or the source file).",
      "fraction", "A group far below the others is where the reward model is weak: add or clean its data.",
-     ("rm",)),
+     ("rm",), "group_by is set, or several data files are mixed"),
     ("eval/margin_mean/<group>", "RM: eval/margin_mean over the held-out pairs of one group.", "reward",
-     "Compare groups: a small margin means the model barely separates that kind of response.", ("rm",)),
+     "Compare groups: a small margin means the model barely separates that kind of response.", ("rm",), "group_by is set, or several data files are mixed"),
     ("eval/loss/<group>", "RM: eval/loss over the held-out prompts of one group.", "nats",
-     "Rising for one group while the others fall: that group is being overfit or drowned out.", ("rm",)),
+     "Rising for one group while the others fall: that group is being overfit or drowned out.", ("rm",), "group_by is set, or several data files are mixed"),
     ("eval/count/<group>", "RM: number of held-out prompts in one group.", "count",
-     "Small counts make that group's accuracy noisy; read it with its count.", ("rm",)),
+     "Small counts make that group's accuracy noisy; read it with its count.", ("rm",), "group_by is set, or several data files are mixed"),
     ("eval/margin_mean",
      "RM: mean of r_chosen - r_rejected over held-out pairs.",
      "reward", "Positive and growing; a margin that explodes while accuracy stalls is over-confidence.",
@@ -328,35 +342,34 @@ METRICS: dict[str, MetricDef] = _defs(
      "RM: standard deviation of the scores over all held-out responses; saved with the model.",
      "reward", "Near 0 means the reward model cannot tell responses apart.", ("rm",)),
     # -- data loading --------------------------------------------------------------------------
+    # (RL reports its prompt counts in the message of the `start` event instead.)
     ("data/truncated",
-     "Number of examples cut to the maximum length when the data was loaded.",
+     "Number of training examples cut to the maximum length when the data was loaded.",
      "count", "Large counts mean max length is too small for the data; truncated responses lose their end.",
-     _ALL),
+     ("sft", "rm"), _RETURNED),
     ("data/kept",
-     "Number of examples kept when the data was loaded.",
-     "count", "Check it is the size of the data you meant to train on.", _ALL),
+     "Number of training examples kept when the data was loaded.",
+     "count", "Check it is the size of the data you meant to train on.", ("sft", "rm"), _RETURNED),
     ("data/dropped",
-     "Number of examples skipped when the data was loaded (e.g. empty response, prompt longer than the "
-     "maximum length).",
-     "count", "Should be 0 or tiny; otherwise fix the data or the length limits.", _ALL),
+     "Number of training examples skipped when the data was loaded (e.g. empty response, prompt longer "
+     "than the maximum length).",
+     "count", "Should be 0 or tiny; otherwise fix the data or the length limits.", ("sft", "rm"), _RETURNED),
 )
 
-# Health events: `{"step", "event": name, "message", ...}` records in the same metrics.jsonl.
-# Trainers may emit other names; these are the ones the report and docs explain. Names in
-# INFO_EVENTS record what happened (not a warning): the logger echoes them at INFO level, the
-# report lists them apart and the plots do not mark them.
+# Events: `{"step", "event": name, "message", ...}` records in the same metrics.jsonl, emitted by
+# the RL trainer (the SFT and RM trainers emit none). Names in INFO_EVENTS record what happened
+# (not a warning): the logger echoes them at INFO level, the report lists them apart and the plots
+# do not mark them. EVENT_WHEN says when each event other than `start` is emitted.
 EVENTS: dict[str, str] = {
-    "start": "The run started (or restarted) at this step; the message says what it runs on.",
-    "nonfinite": "A loss or gradient was NaN or infinite; the message names the quantity. The step "
-                 "was skipped or the run stopped, as configured.",
-    "kl_high": "kl/mean exceeded the warning threshold: the policy is moving far from the reference.",
+    "start": "The run started (or resumed) at this step; the message says what it runs on (algorithm, "
+             "prompts, ranks, CPU threads).",
+    "nonfinite": "A loss or gradient was NaN or infinite and the run stops (on_nonfinite stop); the "
+                 "message names the step and the quantity. With on_nonfinite skip no event is written: "
+                 "the minibatch is skipped and counted in train/skipped_minibatches.",
+    "groups_all_dropped": "Every prompt group had equal scores, so the step had no learning signal.",
+    # Run-health detectors (rlhfkit/reporting/health/, docs/health/).
     "entropy_collapse": "policy/entropy fell below the warning threshold: the policy has stopped exploring.",
     "clipfrac_high": "policy/clipfrac exceeded the warning threshold: updates are too large.",
-    "score_gold_divergence": "The score rose while the gold reward fell: a sign of reward hacking "
-                             "(bundled tasks only).",
-    "groups_all_dropped": "Every prompt group had equal scores, so the step had no learning signal.",
-    # Run-health detectors (rlhfkit/reporting/health/, docs/health/): entropy_collapse and
-    # clipfrac_high above are detectors too.
     "kl_runaway": "kl/mean above its limit or growing fast: the policy drifts away from the reference.",
     "overoptimization": "On the held-out probe the score kept rising while the gold reward fell (or, without "
                         "gold, past a KL budget while the answers drifted): the best probe's policy is OUTPUT/best.",
@@ -364,14 +377,23 @@ EVENTS: dict[str, str] = {
                       "longer or the policy's entropy fell): the policy exploits the reward.",
     "value_instability": "loss/value jumped or oscillated, or value/explained_variance stayed strongly "
                          "negative: the critic cannot track the returns.",
-    "stalled": "Score, KL and policy/approx_kl all flat over a long window: training is not moving.",
+    "stalled": "Score flat and the policy where it started (KL to the reference, or policy/approx_kl without one) "
+               "over a long window: training is not moving.",
     "rollback": "A health detector with policy rollback fired: the run restored an earlier checkpoint "
                 "and continues from it.",
-    "resumed": "The run resumed from a checkpoint at this step.",
-    "interrupted": "The run was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint at this step.",
-    "done": "The run finished.",
+    "stopped": "A health detector with policy stop fired (or a rollback found no checkpoint to return "
+               "to): the run saved a checkpoint at this step and ended.",
 }
-INFO_EVENTS = frozenset({"start", "resumed", "interrupted", "done"})
+INFO_EVENTS = frozenset({"start"})
+_DETECTOR = "the health detector fires (docs/health/); every RL run has the detectors on, with policy warn by default"
+EVENT_WHEN: dict[str, str] = {
+    "nonfinite": "a loss or gradient is NaN or infinite and on_nonfinite is stop",
+    "groups_all_dropped": "drop_uniform_groups is true and every group's scores are equal",
+    **{name: _DETECTOR for name in ("entropy_collapse", "clipfrac_high", "kl_runaway", "reward_hacking",
+                                    "value_instability", "stalled", "overoptimization")},
+    "rollback": "a detector whose policy is rollback fires",
+    "stopped": "a detector whose policy is stop (or rollback, with no checkpoint to return to) fires",
+}
 
 # Per-policy numbers in summary.json["eval"][policy] (written by the quickstart / `rlhfkit eval`).
 # name -> (definition, unit, higher_is_better: True / False / None when neither is better).
@@ -436,11 +458,12 @@ def metrics_markdown() -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
-    lines = ["| name | unit | stages | definition | what to watch |", "|---|---|---|---|---|"]
+    lines = ["| name | unit | stages | logged | definition | what to watch |", "|---|---|---|---|---|---|"]
     for m in METRICS.values():
-        lines.append(f"| `{m.name}` | {m.unit} | {', '.join(m.stages)} | {cell(m.definition)} | {cell(m.watch)} |")
-    lines += ["", "| event | meaning |", "|---|---|"]
-    lines += [f"| `{name}` | {cell(text)} |" for name, text in EVENTS.items()]
+        lines.append(f"| `{m.name}` | {m.unit} | {', '.join(m.stages)} | {cell(m.when or 'always')} | "
+                     f"{cell(m.definition)} | {cell(m.watch)} |")
+    lines += ["", "| event | emitted | meaning |", "|---|---|---|"]
+    lines += [f"| `{name}` | {cell(EVENT_WHEN.get(name, 'always'))} | {cell(text)} |" for name, text in EVENTS.items()]
     lines += ["", "| summary field | unit | higher is better | definition |", "|---|---|---|---|"]
     for name, (definition, unit, better) in SUMMARY_FIELDS.items():
         better_text = {True: "yes", False: "no", None: "neither"}[better]

@@ -80,10 +80,10 @@ PLOT_GROUPS: tuple[PlotGroup, ...] = (
               "then stay level; explained variance (right axis) near 1 means it predicts well, at or "
               "below 0 means it is no better than a constant.",
               right=("value/explained_variance",), ylabel_right="explained variance"),
-    PlotGroup("loss", "Policy loss terms", ("loss/policy", "loss/kl", "loss/entropy", "loss/sft", "loss/total"),
+    PlotGroup("loss", "Policy loss terms", ("loss/policy", "loss/kl", "loss/entropy", "loss/sft"),
               "loss",
-              "The terms of the policy loss. Their level is not a measure of progress (policy-gradient "
-              "losses hover near 0 by design): look for spikes and drift."),
+              "The terms of the policy loss, each before its coefficient. Their level is not a measure "
+              "of progress (policy-gradient losses hover near 0 by design): look for spikes and drift."),
     PlotGroup("grad", "Gradient norm", ("grad/norm",), "L2 norm",
               "Global gradient norm before clipping. Spikes often come just before a run diverges."),
     PlotGroup("prime", "PRIME implicit reward model", ("prime/prm_loss",), "loss",
@@ -93,9 +93,9 @@ PLOT_GROUPS: tuple[PlotGroup, ...] = (
     PlotGroup("groups", "Dropped groups", ("groups/dropped_fraction",), "fraction of groups",
               "Prompt groups whose responses all got the same score carry no signal and are dropped. "
               "Near 1 means the task is too easy or too hard for the current policy."),
-    PlotGroup("time", "Time per step", ("time/step_s", "time/generate_s", "time/score_s", "time/forward_s",
-                                        "time/train_s"), "seconds",
-              "Where each step's time goes: sampling, scoring, forward passes and optimization."),
+    PlotGroup("time", "Time per step", ("time/step_s", "time/generate_s", "time/train_s"), "seconds",
+              "Where each step's time goes: making the experience (sampling, the models' forward "
+              "passes, scoring) and the update."),
     # -- SFT and reward model -------------------------------------------------------------------
     PlotGroup("train_loss", "Training and held-out loss", ("train/loss", "eval/loss"), "loss (nats)",
               "Both should fall. Held-out loss turning upward while training loss keeps falling means "

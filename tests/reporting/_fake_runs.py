@@ -12,7 +12,7 @@ def rl_rows(steps: int = 30) -> list[dict]:
             "step": s, "reward/score_mean": 0.1 * s, "reward/score_std": 0.5, "reward/gold_mean": 0.5 + 0.01 * s,
             "kl/mean": math.log1p(s), "kl/coef": 0.05 + 0.001 * s, "policy/entropy": 2.0 - 0.03 * s,
             "policy/clipfrac": 0.1, "value/clipfrac": 0.05, "policy/approx_kl": 0.01,
-            "loss/policy": 0.01 * (-1) ** s, "loss/value": 1.0 / s, "loss/total": 0.02,
+            "loss/policy": 0.01 * (-1) ** s, "loss/value": 1.0 / s,
             "value/explained_variance": 1 - 1.0 / s, "response/length_mean": 10 + s % 3,
             "response/length_max": 16, "response/eos_fraction": 0.9, "time/step_s": 0.5, "time/generate_s": 0.3,
         })

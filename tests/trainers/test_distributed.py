@@ -51,6 +51,20 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
+def update_gap(a: dict, b: dict, start: dict) -> float:
+    """|(a - start) - (b - start)| / |a - start| over all tensors (L2): two updates, on their own scale.
+
+    Adam's first steps are ~lr * sign(g) per entry, so an entry whose gradient is float noise can
+    step differently when sums run in another order (another CPU kind, another split over ranks);
+    the update as a whole agrees to ~1e-6 relative, and a wrong normalizer moves it by percents.
+    Tensors missing from `start` (a critic's new head) start at 0."""
+    assert a.keys() == b.keys()
+    base = {k: start[k].float() if k in start else torch.zeros_like(a[k].float()) for k in a}
+    num = sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in a)
+    den = sum(float(((a[k].float() - base[k]) ** 2).sum()) for k in a)
+    return (num / max(den, 1e-30)) ** 0.5
+
+
 def moved(a: dict, start: dict) -> float:
     return max(float((a[k].float() - start[k].float()).abs().max()) for k in a if k in start)
 
@@ -79,20 +93,26 @@ GRPO = ["--prompts-per-step", "2", "--samples-per-prompt", "4", "--kl-coef", "0.
         "--loss-agg", "seq-mean-token-sum-norm"]
 
 
-def assert_same_run(one, two, critic: bool):
+def assert_same_run(one, two, critic: bool, start: dict):
     w1, w2 = weights(one / "final"), weights(two / "final")
-    assert max_diff(w1, w2) < 1e-5
+    assert update_gap(w1, w2, start) < 1e-3
     if critic:
-        assert max_diff(weights(one / "final" / "critic"), weights(two / "final" / "critic")) < 1e-5
+        assert update_gap(weights(one / "final" / "critic"), weights(two / "final" / "critic"), start) < 1e-3
     # Logged metrics are the global batch's, written once (by rank 0).
     m1, m2 = metrics(one), metrics(two)
     assert [r["step"] for r in m1] == [r["step"] for r in m2] == [1, 2]
     assert m1[0]["reward/score_std"] > 1e-3  # a real signal to follow, not float noise (see rl_args)
     for r1, r2 in zip(m1, m2):
-        for key in ("reward/score_mean", "response/length_mean", "kl/mean", "policy/entropy", "loss/policy",
+        # Sums of same-sign terms agree to ~1e-6 relative; kl/mean at step 1 is float noise around 0
+        # (policy = reference), hence abs 1e-5 against logprobs of size ~1. loss/policy cancels to
+        # ~0 over whitened advantages: its tolerance follows the size of its terms (see
+        # test_rl_smoke.py's micro-batch test).
+        for key in ("reward/score_mean", "response/length_mean", "kl/mean", "policy/entropy",
                     "grad/norm", "grad/critic_norm", "advantages/std"):
             if key in r1:
                 assert r2[key] == pytest.approx(r1[key], rel=1e-4, abs=1e-5), key
+        terms = r1["advantages/std"] + abs(r1["advantages/mean"])
+        assert r2["loss/policy"] == pytest.approx(r1["loss/policy"], rel=1e-4, abs=1e-5 * terms)
 
 
 @pytest.mark.parametrize("algo,extra", [("ppo", PPO), ("grpo", GRPO)])
@@ -101,7 +121,7 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_dir, data_dir, algo, extra):
     launch(1, rl_args(tiny_dir, data_dir, one, algo, extra))
     launch(2, rl_args(tiny_dir, data_dir, two, algo, extra))
     assert moved(weights(one / "final"), weights(tiny_dir)) > 1e-4  # the steps did something
-    assert_same_run(one, two, critic=algo == "ppo")
+    assert_same_run(one, two, critic=algo == "ppo", start=weights(tiny_dir))
 
 
 def test_fsdp_ppo_equals_one_process_and_resumes(tmp_path, tiny_dir, data_dir):
@@ -112,8 +132,11 @@ def test_fsdp_ppo_equals_one_process_and_resumes(tmp_path, tiny_dir, data_dir):
     launch(1, rl_args(tiny_dir, data_dir, one, "ppo", extra))
     launch(2, rl_args(tiny_dir, data_dir, fsdp, "ppo", extra + ["--fsdp", "true"]))
     assert moved(weights(one / "final"), weights(tiny_dir)) > 1e-4
-    assert_same_run(one, fsdp, critic=True)
-    assert max_diff(weights(one / "checkpoints" / "step-000002"), weights(fsdp / "checkpoints" / "step-000002")) < 1e-5
+    assert_same_run(one, fsdp, critic=True, start=weights(tiny_dir))
+    start = {f"{model}.safetensors:{key.split(':', 1)[1]}": v for key, v in weights(tiny_dir).items()
+             for model in ("policy", "critic")}  # a checkpoint holds NAME.safetensors per model
+    assert update_gap(weights(one / "checkpoints" / "step-000002"), weights(fsdp / "checkpoints" / "step-000002"),
+                      start) < 1e-3
     cut = tmp_path / "cut"
     shutil.copytree(fsdp, cut)
     shutil.rmtree(cut / "final")
@@ -129,7 +152,7 @@ def test_fsdp_reward_model_equals_one_process(tmp_path, tiny_dir, data_dir):
     launch(1, args + ["--output", str(tmp_path / "one")])
     launch(2, args + ["--output", str(tmp_path / "two"), "--fsdp", "true"])
     w1, w2 = weights(tmp_path / "one" / "final"), weights(tmp_path / "two" / "final")
-    assert max_diff(w1, w2) < 1e-5
+    assert update_gap(w1, w2, weights(tiny_dir)) < 1e-3  # the RM's head starts at 0
     stats = [json.loads((tmp_path / r / "final" / "rlhfkit_reward.json").read_text()) for r in ("one", "two")]
     assert stats[1]["reward_mean"] == pytest.approx(stats[0]["reward_mean"], rel=1e-4, abs=1e-6)
 
@@ -143,10 +166,11 @@ def test_sft_two_ranks_equal_one_process(tmp_path, tiny_dir, data_dir):
     w1 = weights(tmp_path / "one" / "final")
     assert moved(w1, weights(tiny_dir)) > 1e-4
     for run in ("two", "fsdp"):
-        assert max_diff(w1, weights(tmp_path / run / "final")) < 1e-5
+        assert update_gap(w1, weights(tmp_path / run / "final"), weights(tiny_dir)) < 1e-3
         m1, m2 = metrics(tmp_path / "one"), metrics(tmp_path / run)
-        assert m2[-1]["train/loss"] == pytest.approx(m1[-1]["train/loss"], rel=1e-5)
-        assert m2[-1]["eval/loss"] == pytest.approx(m1[-1]["eval/loss"], rel=1e-5)
+        # Mean cross-entropies (sums of positive terms): ~1e-6 relative between summation orders.
+        assert m2[-1]["train/loss"] == pytest.approx(m1[-1]["train/loss"], rel=1e-4)
+        assert m2[-1]["eval/loss"] == pytest.approx(m1[-1]["eval/loss"], rel=1e-4)
 
 
 def test_two_rank_checkpoint_resumes_exactly(tmp_path, tiny_dir, data_dir):

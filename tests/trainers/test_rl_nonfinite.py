@@ -54,4 +54,7 @@ def test_single_pass_without_rollout_logprobs_gives_the_same_update(tiny_dir, da
         finals.append(torch.cat([p.detach().flatten() for p in m.policy.parameters()]))
     start = torch.cat([p.detach().flatten() for p in models.policy.parameters()])
     assert not torch.allclose(finals[0], start)
-    assert torch.allclose(finals[0], finals[1], atol=1e-6)
+    # The updates compared as vectors, on their own scale: Adam's first step is ~lr * sign(g) per
+    # entry, so an entry whose gradient is float noise may step differently on another CPU kind.
+    step_a, step_b = finals[0] - start, finals[1] - start
+    assert float((step_a - step_b).norm() / step_a.norm()) < 1e-3

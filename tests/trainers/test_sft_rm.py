@@ -81,13 +81,22 @@ def test_micro_batching_gives_the_same_update(stage, tiny_dir, data_dir, tmp_pat
     rows = [[json.loads(line) for line in open(Path(r["final"]).parent / "metrics.jsonl")] for r in (whole, micro)]
     steps = [[r for r in run if "grad/norm" in r] for run in rows]
     assert len(steps[0]) == len(steps[1]) >= 1
+    # Both are sums of same-sign terms (a norm, a mean cross-entropy): float32 order effects are
+    # ~1e-6 relative on any CPU; a wrong normalizer changes them by tens of percent.
     for r1, r2 in zip(*steps):
-        assert r2["grad/norm"] == pytest.approx(r1["grad/norm"], rel=1e-5)
-        assert r2["train/loss"] == pytest.approx(r1["train/loss"], rel=1e-5)
-    # The weights: Adam turns float noise in near-zero gradient entries into visible steps (~1e-5
-    # here, lr 3e-3), so the bound is 3% of one step; a wrongly weighted micro-batch moves O(lr).
-    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.allclose(pa, pb, atol=1e-4), name
+        assert r2["grad/norm"] == pytest.approx(r1["grad/norm"], rel=1e-4)
+        assert r2["train/loss"] == pytest.approx(r1["train/loss"], rel=1e-4)
+    # The weights: Adam turns float noise in near-zero gradient entries into visible steps (up to
+    # ~lr for an entry whose gradient is pure noise, and which entries those are depends on the
+    # CPU's summation order), so compare the updates as vectors: a wrongly weighted micro-batch
+    # changes the update by percents.
+    from rlhfkit.models import load_critic
+
+    start = load_causal_lm(tiny_dir) if stage == "sft" else load_critic(tiny_dir)  # the RM's head starts at 0
+    flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
+    da, db = flat(a) - flat(start), flat(b) - flat(start)
+    assert da.norm() > 0
+    assert float((da - db).norm() / da.norm()) < 1e-3
 
 
 def test_rm_learns_preferences_and_saves_stats(tiny_dir, data_dir, tmp_path):
