@@ -37,7 +37,7 @@ PRESETS = {
         # with kl_coef 0, where gold ends near -1 on every seed); 28 tokens cut almost no response.
         # PPO's own defaults: 2 passes over each batch of 16 (docs/rl/ppo.md, "Defaults").
         "rl": dict(steps=100, prompts_per_step=16, max_new_tokens=28, lr=3e-4, kl_coef=0.05, max_prompt_length=16),
-        "fast_rl": dict(steps=3, prompts_per_step=4),
+        "fast_rl": dict(steps=3, prompts_per_step=4, probe_every=1, probe_size=4),
         "eval": dict(max_new_tokens=28), "fast_eval": dict(),
     },
     "arithmetic": {
@@ -147,13 +147,18 @@ def _run(cfg: QuickstartConfig, environment: dict) -> dict:
         rl_settings["steps"] = cfg.steps
     if cfg.rl_lr is not None:
         rl_settings["lr"] = cfg.rl_lr
+    # The held-out probe watches the eval prompts (never trained on) and keeps the best policy.
     rl = train_rl(RLConfig(policy=sft["final"], prompts=data["prompts_train"], output=str(out / "rl"), algo=algo,
-                           gold_fn=f"rlhfkit.tasks.{cfg.task}:gold", **reward_args, **rl_settings, **common))
+                           gold_fn=f"rlhfkit.tasks.{cfg.task}:gold", probe_data=data["prompts_eval"],
+                           **reward_args, **rl_settings, **common))
     summary["stages"]["rl"] = _numbers(rl)
+    best = {"rl_best": rl["best"]} if rl.get("best") else {}
+    if best:
+        summary["best"] = json.loads((Path(rl["output"]) / "best.json").read_text())
 
     # 4. evaluate both policies on held-out prompts with the same reward, gold and reference (SFT)
     summary["eval"] = evaluate_both(cfg, data["prompts_eval"], sft["final"], rl["final"], reward_args,
-                                    _settings(cfg, "eval"), evaluate_policy)
+                                    _settings(cfg, "eval"), evaluate_policy, extra=best)
     summary["time_s"] = round(time.perf_counter() - t_start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     # 5. report
@@ -171,8 +176,9 @@ def _run(cfg: QuickstartConfig, environment: dict) -> dict:
 
 
 def evaluate_both(cfg, prompts_path: str, sft_path: str, rl_path: str, reward_args: dict, eval_settings: dict,
-                  evaluate_policy) -> dict:
-    """Evaluate SFT and RL policies on the same held-out prompts; KL/perplexity against the SFT policy."""
+                  evaluate_policy, extra: dict | None = None) -> dict:
+    """Evaluate SFT and RL policies on the same held-out prompts; KL/perplexity against the SFT policy.
+    extra: more policies by name -> folder (the RL run's best probe checkpoint, "rl_best")."""
     from rlhfkit.data import load_prompts, prompt_fields, tokenize_prompts
     from rlhfkit.models import load_causal_lm, load_reference, load_tokenizer
     from rlhfkit.rollout import FunctionScorer, GenerationSettings, load_reward_function, load_reward_scorer
@@ -191,7 +197,7 @@ def evaluate_both(cfg, prompts_path: str, sft_path: str, rl_path: str, reward_ar
     settings = GenerationSettings(n=1, **eval_settings)
     fields = prompt_fields(rows)
     results = {}
-    for name, path in (("sft", sft_path), ("rl", rl_path)):
+    for name, path in (("sft", sft_path), ("rl", rl_path), *(extra or {}).items()):
         set_seed(cfg.seed + 1)
         policy = load_causal_lm(path, device=cfg.device).eval()
         m = evaluate_policy(policy, tokenizer, rows, settings, scorer, gold, reference, batch_size=64)

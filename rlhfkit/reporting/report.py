@@ -44,7 +44,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f9;padding:.5em;m
 details{margin:.4em 0} summary{cursor:pointer;font-weight:600}
 """
 
-_POLICY_LABELS = {"sft": "SFT (before RL)", "rl": "RL (after)"}
+_POLICY_LABELS = {"sft": "SFT (before RL)", "rl": "RL (after)", "rl_best": "RL (best probe)"}
 _FIELD_LABELS = {
     "gold_mean": "Gold reward (true quality)",
     "accuracy": "Accuracy",
@@ -99,7 +99,7 @@ def build_report(run_dirs: dict | None, summary, out_path, *, plots_dir=None, ti
     task, algo = summary.get("task"), summary.get("algo")
     default_title = "rlhfkit run report" + (f": {task}" if task else "") + (f" with {algo}" if algo else "")
     sections = [
-        Section("Before and after RL", _summary_html(evaluation, runs)),
+        Section("Before and after RL", _summary_html(evaluation, runs, summary.get("best"))),
         Section("Sample responses", _samples_html(evaluation, max_samples)),
         Section("RL training curves", _rl_html(runs, plots, stages, dirs)),
         Section("Reward model", _rm_html(runs, plots, stages, dirs)),
@@ -134,7 +134,7 @@ def _intro(stages: dict, algo) -> str:
             "Below, the SFT policy (before RL) and the RL policy (after) are compared on held-out prompts.")
 
 
-def _summary_html(evaluation: dict, runs: dict) -> str:
+def _summary_html(evaluation: dict, runs: dict, best: dict | None = None) -> str:
     policies = _policies(evaluation)
     if not policies:
         return _p("No evaluation numbers were found in the summary (summary['eval'] is empty).")
@@ -153,6 +153,10 @@ def _summary_html(evaluation: dict, runs: dict) -> str:
         body.append(cells)
     out = _table(head, body, escape=False) if fields else _p("The evaluation has no numeric fields.")
     out += "".join(_verdicts(evaluation) if compare else [])
+    if best:
+        out += _p(f"RL (best probe) is the policy of step {best.get('step')}, the best of the held-out probes by "
+                  f"{best.get('criterion')} ({_num(best.get('value')):.3f}); RL (after) is the last step's. It is "
+                  f"saved in rl/best (docs/health/overoptimization.md).")
     n_events = sum(e.get("event") not in INFO_EVENTS for _, events in runs.values() for e in events)
     if n_events:
         out += f'<div class="warn">{n_events} health warning(s) were raised; see "Health warnings".</div>'
