@@ -12,6 +12,15 @@ from rlhfkit.algos.advantages import (
     rloo_advantages,
     sequence_returns,
 )
+from rlhfkit.algos.dpo import (
+    PREFERENCE_LOSSES,
+    PreferenceInputs,
+    PreferenceLoss,
+    dpo_loss,
+    ipo_loss,
+    preference_loss,
+    simpo_loss,
+)
 from rlhfkit.algos.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -75,6 +84,9 @@ __all__ = [
     "implicit_process_rewards", "prime_advantages", "prime_prm_loss",
     # running statistics
     "MovingAverageBaseline", "RunningMoments", "normalize_and_clip_scores",
+    # direct preference losses (DPO, cDPO, IPO, SimPO)
+    "PREFERENCE_LOSSES", "PreferenceInputs", "PreferenceLoss", "dpo_loss", "ipo_loss", "preference_loss",
+    "simpo_loss",
     # TRPO
     "conjugate_gradient", "fisher_vector_product", "flat_grad", "flat_params", "mean_kl_old_new",
     "set_flat_params", "surrogate_advantage", "trpo_step",
