@@ -101,8 +101,8 @@ class DPOLoss:
         logps, lengths = sequence_logps(model, batch)  # (2B,)
         n = batch["margin"].shape[0]
         x = PreferenceInputs(logps[:n], logps[n:], batch.get("ref_chosen_logps"), batch.get("ref_rejected_logps"),
-                             lengths[:n], lengths[n:], beta=self.beta,
-                             label_smoothing=self.label_smoothing if self.name == "cdpo" else 0.0, gamma=self.gamma)
+                             lengths[:n], lengths[n:], beta=self.beta, label_smoothing=self.label_smoothing,
+                             gamma=self.gamma)  # each registered loss reads only its own knobs
         loss, stats = preference_loss(self.name, x, normalizer)
         return loss, {k: float(v) for k, v in stats.items()}
 
@@ -168,7 +168,7 @@ def attach_reference(cfg: DPOConfig, policy, train: list[dict], evals: list[dict
     """
     key = cache_key(cfg, train, evals)
     path = out_dir / CACHE_NAME
-    cached = torch.load(path, weights_only=True) if path.is_file() else None
+    cached = _read_cache(path)
     if cached is not None and cached.get("key") == key:
         status, logps = "reused", (cached["train"], cached["eval"])
     else:
@@ -184,6 +184,17 @@ def attach_reference(cfg: DPOConfig, policy, train: list[dict], evals: list[dict
                 for e, v in zip(examples, values.tolist())]
 
     return attach(train, logps[0]), attach(evals, logps[1]), status
+
+
+def _read_cache(path: Path) -> dict | None:
+    """The cache file's contents, or None when it is missing or unreadable (then it is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # a file from another torch version or damaged by hand: recompute
+        print(f"[dpo] ignoring unreadable reference cache {path} ({type(err).__name__}); recomputing it")
+        return None
 
 
 def compute_reference_logps(cfg: DPOConfig, policy, train: list[dict], evals: list[dict], pad_id: int):

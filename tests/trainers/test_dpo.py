@@ -121,6 +121,15 @@ def test_cache_key_follows_the_data_not_the_loss(tiny_dir, data_dir, tmp_path):
     assert key != cache_key(dpo_config(tiny_dir, data_dir, tmp_path, dtype="bfloat16"), pairs, [])
 
 
+def test_unreadable_cache_is_recomputed_not_fatal(tmp_path):
+    from rlhfkit.trainers.dpo import _read_cache
+
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    assert _read_cache(tmp_path / "bad.pt") is None and _read_cache(tmp_path / "missing.pt") is None
+    torch.save({"key": "k"}, tmp_path / "good.pt")
+    assert _read_cache(tmp_path / "good.pt") == {"key": "k"}
+
+
 def test_simpo_loads_no_reference(tiny_dir, data_dir, tmp_path, monkeypatch):
     import rlhfkit.models
     from rlhfkit.trainers.dpo import CACHE_NAME, train_dpo
