@@ -23,7 +23,9 @@ def test_fast_quickstart_with_dpo(tmp_path):
         assert {"gold_mean", "gold_se", "score_mean", "kl_to_ref", "length_mean"} <= set(summary["eval"][policy])
     assert abs(summary["eval"]["sft"]["kl_to_ref"]) < 1e-5  # the SFT policy is the reference
     assert summary["eval"]["rl"]["kl_to_ref"] != summary["eval"]["sft"]["kl_to_ref"]  # DPO moved the policy
-    assert "Before and after RL" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "Before and after RL" in html and "direct preference optimization" in html
+    assert "Direct preference optimization (DPO)</h2>" in html and "eval/reward_margin" in html
 
 
 def test_dpo_needs_a_task_with_pairs():
