@@ -45,28 +45,27 @@ def run_seed(seed: int, root: Path, methods, overrides: dict) -> dict:
         task = get_task("reviews")
         data = task.write_data(out / "data", seed=seed, **preset["sizes"])
         base = save_tiny(out / "base_model", task.corpus(), level=task.tokenizer_level, seed=seed, **preset["model"])
-        t = time.perf_counter()
-        sft = train_sft(SFTConfig(model=base, data=data["sft_train"], eval_data=data["sft_eval"],
-                                  output=str(out / "sft"), **_settings(cfg, "sft"), **common))
-        result["time_s"]["sft"] = time.perf_counter() - t
-        t = time.perf_counter()
-        rm = train_rm(RMConfig(model=sft["final"], data=data["prefs_train"], eval_data=data["prefs_eval"],
-                               output=str(out / "rm"), **_settings(cfg, "rm"), **common))
-        result["time_s"]["rm"] = time.perf_counter() - t
+        sft = stage(result, "sft", out, lambda: train_sft(SFTConfig(
+            model=base, data=data["sft_train"], eval_data=data["sft_eval"], output=str(out / "sft"),
+            **_settings(cfg, "sft"), **common)))
+        rm = stage(result, "rm", out, lambda: train_rm(RMConfig(
+            model=sft["final"], data=data["prefs_train"], eval_data=data["prefs_eval"], output=str(out / "rm"),
+            **_settings(cfg, "rm"), **common)))
         result["rm_eval_accuracy"] = rm.get("eval/accuracy")
         finals = {}
         for method in methods:
-            t = time.perf_counter()
             if method == "ppo":
-                r = train_rl(RLConfig(policy=sft["final"], prompts=data["prompts_train"], output=str(out / "ppo"),
-                                      algo="ppo", reward_model=rm["final"], gold_fn="rlhfkit.tasks.reviews:gold",
-                                      **_settings(cfg, "rl"), **common))
+                r = stage(result, "ppo", out, lambda: train_rl(RLConfig(
+                    policy=sft["final"], prompts=data["prompts_train"], output=str(out / "ppo"), algo="ppo",
+                    reward_model=rm["final"], gold_fn="rlhfkit.tasks.reviews:gold", **_settings(cfg, "rl"), **common)))
             else:
                 settings = {**_settings(cfg, "dpo"), **DPO_ALGOS[method], **overrides}
-                r = train_dpo(DPOConfig(model=sft["final"], data=data["prefs_train"], eval_data=data["prefs_eval"],
-                                        output=str(out / method), **settings, **common))
+                name = method + "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
+                r = stage(result, name, out, lambda: train_dpo(DPOConfig(
+                    model=sft["final"], data=data["prefs_train"], eval_data=data["prefs_eval"],
+                    output=str(out / name), **settings, **common)))
                 result[f"{method}_train"] = {k: v for k, v in r.items() if k.startswith("eval/")}
-            result["time_s"][method] = time.perf_counter() - t
+                result["time_s"][method] = result["time_s"][name]
             finals[method] = r["final"]
         for method, path in finals.items():
             both = evaluate_both(cfg, data["prompts_eval"], sft["final"], path, {"reward_model": rm["final"]},
@@ -74,6 +73,21 @@ def run_seed(seed: int, root: Path, methods, overrides: dict) -> dict:
             result["eval"].setdefault("sft", _strip(both["sft"]))
             result["eval"][method] = _strip(both["rl"])
     return result
+
+
+def stage(result: dict, name: str, out: Path, train) -> dict:
+    """Run a training stage once; a finished one (its result.json written after training) is reused."""
+    done = out / name / "bench_result.json"
+    if done.is_file():
+        saved = json.loads(done.read_text())
+    else:
+        t = time.perf_counter()
+        r = train()
+        saved = {"result": {k: v for k, v in r.items() if isinstance(v, (int, float, str))},
+                 "time_s": time.perf_counter() - t}
+        done.write_text(json.dumps(saved))
+    result["time_s"][name] = saved["time_s"]
+    return saved["result"]
 
 
 def _strip(m: dict) -> dict:
