@@ -224,6 +224,8 @@ def test_docs_page_covers_the_config_and_its_examples_build():
     text = page.read_text()
     assert missing_fields(DPOConfig, text) == []
     assert unknown_metrics(text) == [] and broken_links(text, page.parent) == []
+    comparison = (page.parent / "dpo-vs-ppo.md").read_text()
+    assert broken_links(comparison, page.parent) == [] and "dpo-vs-ppo.md" in text
     commands = [shlex.split(line)[1:] for block in code_blocks(text, "bash")
                 for line in block.replace("\\\n", " ").splitlines() if line.startswith("rlhfkit dpo")]
     assert len(commands) >= 3
