@@ -14,6 +14,8 @@ import sys
 COMMANDS = {
     "sft": ("rlhfkit.trainers.sft", "SFTConfig", "train_sft", "supervised fine-tuning on demonstrations"),
     "rm": ("rlhfkit.trainers.rm", "RMConfig", "train_rm", "reward model from preference pairs (Bradley-Terry)"),
+    "dpo": ("rlhfkit.trainers.dpo", "DPOConfig", "train_dpo", "policy from preference pairs, no reward model "
+                                                              "(DPO, IPO, cDPO, SimPO)"),
     "rl": ("rlhfkit.trainers.rl", "RLConfig", "train_rl", "RL against a reward model or function (PPO, GRPO, ...)"),
     "eval": ("rlhfkit.evaluate", "EvalConfig", "run_eval", "score, KL, perplexity, length and win rate of policies"),
     "doctor": ("rlhfkit.doctor", "DoctorConfig", "run_doctor", "check a model, its data and its reward before a run"),

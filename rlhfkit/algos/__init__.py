@@ -13,6 +13,15 @@ from rlhfkit.algos.advantages import (
     sequence_returns,
 )
 from rlhfkit.algos.diversity import distinct_n, length_quantiles, perplexity, repeated_ngram_fraction
+from rlhfkit.algos.dpo import (
+    PREFERENCE_LOSSES,
+    PreferenceInputs,
+    PreferenceLoss,
+    dpo_loss,
+    ipo_loss,
+    preference_loss,
+    simpo_loss,
+)
 from rlhfkit.algos.kl import (
     KL_ESTIMATORS,
     AdaptiveKLController,
@@ -87,6 +96,9 @@ __all__ = [
     "MovingAverageBaseline", "RunningMoments", "normalize_and_clip_scores", "scale_by_return_std",
     # response statistics
     "distinct_n", "length_quantiles", "perplexity", "repeated_ngram_fraction",
+    # direct preference losses (DPO, cDPO, IPO, SimPO)
+    "PREFERENCE_LOSSES", "PreferenceInputs", "PreferenceLoss", "dpo_loss", "ipo_loss", "preference_loss",
+    "simpo_loss",
     # TRPO
     "conjugate_gradient", "fisher_vector_product", "flat_grad", "flat_params", "mean_kl_old_new",
     "set_flat_params", "surrogate_advantage", "trpo_step",

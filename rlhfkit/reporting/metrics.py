@@ -22,7 +22,7 @@ class MetricDef:
     definition: one line saying exactly what is computed and over what it is averaged.
     unit: "nats", "seconds", "fraction", "tokens", "count", "reward" (the reward's own scale), ...
     watch: what a healthy run looks like and which failure the number reveals.
-    stages: which trainers log it ("sft", "rm", "rl").
+    stages: which trainers log it ("sft", "rm", "rl", "dpo").
     when: "" when every run of those stages logs it (for "rl": at least with some algorithm);
         otherwise the condition under which it is logged, e.g. "critic_warmup_steps > 0".
     """
@@ -45,7 +45,7 @@ def _defs(*items: tuple) -> dict[str, MetricDef]:
     return out
 
 
-_ALL = ("sft", "rm", "rl")
+_ALL = ("sft", "rm", "rl", "dpo")
 _RETURNED = "never written to metrics.jsonl: a key of the dict train_sft / train_rm return"
 
 METRICS: dict[str, MetricDef] = _defs(
@@ -277,11 +277,11 @@ METRICS: dict[str, MetricDef] = _defs(
     ("train/loss",
      "SFT: token-mean cross-entropy on response tokens of the training batch. RM: mean pairwise "
      "Bradley-Terry loss -log sigmoid(r_chosen - r_rejected - margin), plus the weighted LM term if "
-     "enabled.",
-     "nats", "Should fall. Falling while eval/loss rises is overfitting.", ("sft", "rm")),
+     "enabled. DPO: mean preference loss of the chosen `loss` (docs/dpo.md).",
+     "nats", "Should fall. Falling while eval/loss rises is overfitting.", ("sft", "rm", "dpo")),
     ("eval/loss",
      "The same loss as train/loss on the held-out split.",
-     "nats", "The number to trust; stop or regularize when it turns upward.", ("sft", "rm")),
+     "nats", "The number to trust; stop or regularize when it turns upward.", ("sft", "rm", "dpo")),
     ("eval/ppl", "SFT: exp(eval/loss), the held-out perplexity on response tokens.", "1",
      "Lower is better; compare runs on the same data only.", ("sft",)),
     ("trpo/kl", "TRPO: measured mean KL(old||new) per response token of the accepted step (0 if refused).",
@@ -341,6 +341,54 @@ METRICS: dict[str, MetricDef] = _defs(
     ("eval/score_std",
      "RM: standard deviation of the scores over all held-out responses; saved with the model.",
      "reward", "Near 0 means the reward model cannot tell responses apart.", ("rm",)),
+    # -- direct preference optimization (rlhfkit dpo) --------------------------------------
+    ("train/reward_accuracy",
+     "DPO: fraction of pairs in the training batch whose implicit reward r_chosen > r_rejected (ties count as wrong).",
+     "fraction", "Starts at 0 (policy = reference) and rises; on held-out pairs it is the number to compare "
+     "with a reward model's eval/accuracy.", ("dpo",)),
+    ("train/chosen_reward",
+     "DPO: mean implicit reward beta * (log pi - log pi_ref) of the chosen responses in the training batch "
+     "(SimPO: beta * mean token log pi).",
+     "nats", "Ideally rises; it usually falls a little, more slowly than the rejected one.", ("dpo",)),
+    ("train/rejected_reward",
+     "DPO: mean implicit reward of the rejected responses in the training batch.",
+     "nats", "Falls as training pushes rejected responses down.", ("dpo",)),
+    ("train/reward_margin",
+     "DPO: mean of r_chosen - r_rejected over the training batch.",
+     "nats", "Rises; a margin that keeps growing on train but not on eval is overfitting.", ("dpo",)),
+    ("train/chosen_logps",
+     "DPO: mean summed log-probability of the chosen responses under the policy, over the training batch.",
+     "nats", "Falling while the margin grows is the known DPO failure: both responses lose probability "
+     "and mass moves to text in neither (docs/dpo.md).", ("dpo",)),
+    ("train/rejected_logps",
+     "DPO: mean summed log-probability of the rejected responses under the policy, over the training batch.",
+     "nats", "Falls; compare with chosen_logps.", ("dpo",)),
+    ("eval/reward_accuracy",
+     "DPO: fraction of pairs in the held-out pairs whose implicit reward r_chosen > r_rejected (ties count as wrong).",
+     "fraction", "Starts at 0 (policy = reference) and rises; on held-out pairs it is the number to compare "
+     "with a reward model's eval/accuracy.", ("dpo",)),
+    ("eval/chosen_reward",
+     "DPO: mean implicit reward beta * (log pi - log pi_ref) of the chosen responses in the held-out pairs "
+     "(SimPO: beta * mean token log pi).",
+     "nats", "Ideally rises; it usually falls a little, more slowly than the rejected one.", ("dpo",)),
+    ("eval/rejected_reward",
+     "DPO: mean implicit reward of the rejected responses in the held-out pairs.",
+     "nats", "Falls as training pushes rejected responses down.", ("dpo",)),
+    ("eval/reward_margin",
+     "DPO: mean of r_chosen - r_rejected over the held-out pairs.",
+     "nats", "Rises; a margin that keeps growing on train but not on eval is overfitting.", ("dpo",)),
+    ("eval/chosen_logps",
+     "DPO: mean summed log-probability of the chosen responses under the policy, over the held-out pairs.",
+     "nats", "Falling while the margin grows is the known DPO failure: both responses lose probability "
+     "and mass moves to text in neither (docs/dpo.md).", ("dpo",)),
+    ("eval/rejected_logps",
+     "DPO: mean summed log-probability of the rejected responses under the policy, over the held-out pairs.",
+     "nats", "Falls; compare with chosen_logps.", ("dpo",)),
+    ("eval/kl_to_ref",
+     "DPO: KL to the reference on held-out prompts, mean over one sampled response per prompt of "
+     "sum_t (log pi - log pi_ref) (k1); absent for SimPO (no reference).",
+     "nats", "Grows as the policy leaves the reference; DPO has no explicit leash besides beta, so "
+     "compare it with an RL run's kl/mean before comparing rewards.", ("dpo",)),
     # -- data loading --------------------------------------------------------------------------
     # (RL reports its prompt counts in the message of the `start` event instead.)
     ("data/truncated",

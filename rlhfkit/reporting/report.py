@@ -102,6 +102,7 @@ def build_report(run_dirs: dict | None, summary, out_path, *, plots_dir=None, ti
         Section("Before and after RL", _summary_html(evaluation, runs, summary.get("best"))),
         Section("Sample responses", _samples_html(evaluation, max_samples)),
         Section("RL training curves", _rl_html(runs, plots, stages, dirs)),
+        *([Section("Direct preference optimization (DPO)", _dpo_html(runs, plots, stages))] if "dpo" in runs else []),
         Section("Reward model", _rm_html(runs, plots, stages, dirs)),
         Section("Supervised fine-tuning (SFT)", _sft_html(runs, plots, stages, dirs)),
         Section("Health warnings", _events_html(runs)),
@@ -123,6 +124,12 @@ def build_report_from_dir(out_dir) -> Path:
 
 def _intro(stages: dict, algo) -> str:
     algo_text = f", {algo}" if algo else ""
+    if "dpo" in stages:  # rlhfkit dpo in place of RL (docs/dpo.md)
+        return ("This report shows one run of direct preference optimization. Supervised fine-tuning (SFT) first "
+                "taught a small language model from demonstrations; a reward model (RM) learned from preference "
+                f"pairs which of two responses people prefer; then the SFT policy was trained on the same pairs "
+                f"directly ({algo}), without the reward model or any sampling. Below, the SFT policy and the DPO "
+                "policy (in the 'RL (after)' column) are compared on held-out prompts, the reward model scoring both.")
     if "rm" in stages:
         how = ("a reward model (RM) learned from preference pairs which of two responses people prefer, "
                f"and reinforcement learning (RL{algo_text}) then trained the policy to get high reward-model "
@@ -229,6 +236,13 @@ def _samples_html(evaluation: dict, max_samples: int) -> str:
     note = _p("The same held-out prompts answered by each policy. 'score' is what the reward model (or "
               "reward function) gave the response; 'gold' is the task's true preference.")
     return note + _table(head, body, escape=False)
+
+
+def _dpo_html(runs, plots, stages) -> str:
+    rows = runs["dpo"][0]
+    keys = ("eval/loss", "eval/reward_accuracy", "eval/reward_margin", "eval/chosen_logps", "eval/rejected_logps",
+            "eval/kl_to_ref")
+    return _metric_table(rows, keys) + _figures(plots.get("dpo", [])) + _stage_numbers(stages.get("dpo"))
 
 
 def _rl_html(runs, plots, stages, dirs) -> str:

@@ -48,7 +48,7 @@ def test_definitions_are_complete_and_namespaced():
     for name, metric in METRICS.items():
         assert metric.name == name
         assert metric.definition and metric.unit and metric.watch, name
-        assert set(metric.stages) <= {"sft", "rm", "rl"} and metric.stages, name
+        assert set(metric.stages) <= {"sft", "rm", "rl", "dpo"} and metric.stages, name
         assert "/" in name or name in ("step", "lr"), f"{name} needs a namespace (STYLE rule 7)"
 
 

@@ -81,7 +81,7 @@ def written(tiny_dir, data_dir, tmp_path_factory):
     from rlhfkit.trainers.sft import SFTConfig, train_sft
 
     root = tmp_path_factory.mktemp("glossary")
-    seen: dict[str, set[str]] = {"rl": set(), "sft": set(), "rm": set()}
+    seen: dict[str, set[str]] = {"rl": set(), "sft": set(), "rm": set(), "dpo": set()}
     events: set[str] = set()
     base = dict(policy=tiny_dir, prompts=str(data_dir / "prompts.jsonl"), steps=2, prompts_per_step=2,
                 max_new_tokens=4, lr=1e-3, device="cpu", seed=0,
@@ -97,7 +97,11 @@ def written(tiny_dir, data_dir, tmp_path_factory):
     common = dict(model=tiny_dir, epochs=1, batch_size=8, lr=1e-3, device="cpu", eval_fraction=0.25)
     train_sft(SFTConfig(data=str(data_dir / "sft.jsonl"), output=str(root / "sft"), **common))
     train_rm(RMConfig(data=str(data_dir / "prefs.jsonl"), output=str(root / "rm"), lm_coef=0.5, **common))
-    for stage in ("sft", "rm"):
+    from rlhfkit.trainers.dpo import DPOConfig, train_dpo
+
+    train_dpo(DPOConfig(data=str(data_dir / "prefs.jsonl"), output=str(root / "dpo"), eval_kl_prompts=2,
+                        eval_max_new_tokens=4, **common))
+    for stage in ("sft", "rm", "dpo"):
         rows, evs = _rows(root / stage)
         seen[stage].update(k for r in rows for k in r)
         events |= evs
