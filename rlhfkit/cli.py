@@ -18,13 +18,15 @@ COMMANDS = {
     "eval": ("rlhfkit.evaluate", "EvalConfig", "run_eval", "score, KL, perplexity, length and win rate of policies"),
     "quickstart": ("rlhfkit.quickstart", "QuickstartConfig", "run_quickstart",
                    "the whole pipeline on a bundled task, on CPU, in minutes"),
+    "serve-reward": ("rlhfkit.serve", "ServeRewardConfig", "run_serve",
+                     "serve a reward model or function over HTTP (docs/reward-service.md)"),
 }
 
 
 # Short synopses: the full flag list is in the grouped sections of `--help`.
 USAGE = {
-    "rl": "rlhfkit rl --policy DIR --prompts FILE --output DIR (--reward-model DIR | --reward-fn FILE.py:FN) "
-          "[--algo NAME] [--config FILE.yaml] [options]",
+    "rl": "rlhfkit rl --policy DIR --prompts FILE --output DIR (--reward-model DIR | --reward-fn FILE.py:FN | "
+          "--reward-url URL[,URL:WEIGHT] | --reward-judge-url URL) [--algo NAME] [--config FILE.yaml] [options]",
 }
 
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rlhfkit"
 # algos <- models <- data, rollout <- trainers <- cli (STYLE / CONTRIBUTING.md); errors and config
 # are the base every layer may raise from; reporting and tasks sit beside data and rollout.
 RANKS = {"errors": 0, "algos": 1, "config": 1, "models": 2, "data": 3, "rollout": 3, "reporting": 3, "tasks": 3,
-         "trainers": 4, "evaluate": 5, "quickstart": 6, "cli": 7, "__main__": 8, "(root)": 0}
+         "trainers": 4, "evaluate": 5, "serve": 5, "quickstart": 6, "cli": 7, "__main__": 8, "(root)": 0}
 # Parts of the same rank that must not import each other.
 APART = {("data", "rollout"), ("rollout", "data"), ("tasks", "rollout"), ("tasks", "data")}
 

@@ -71,6 +71,18 @@ METRICS: dict[str, MetricDef] = _defs(
      "advantage estimator receives.",
      "reward", "Hovers near 0 once the running moments settle; a drift far from 0 means the moments "
      "are lagging the score distribution."),
+    ("reward/remote_failures",
+     "Failed requests to reward services and judges during the step (no connection, timeout, HTTP error, "
+     "an answer that is not one finite number per row), retried ones included; only with --reward-url or "
+     "--reward-judge-url.",
+     "count", "Should be 0. A steady trickle means a flaky or overloaded service (raise --reward-timeout, "
+     "lower --reward-batch-size); see docs/reward-service.md."),
+    ("reward/remote_retries",
+     "Requests to reward services and judges re-sent after a failure during the step (exponential backoff).",
+     "count", "Each retry costs backoff time; many per step slow the run down."),
+    ("reward/remote_zeroed",
+     "Rows scored 0 during the step because their request failed after its retries (--reward-on-error zero).",
+     "count", "Should be 0: every zeroed row is a training signal that lies."),
     # -- KL to the reference model ---------------------------------------------------------------
     ("kl/mean",
      "Per-sequence KL to the reference: the k1 estimator (logprobs - ref_logprobs, unbiased) summed "
@@ -300,6 +312,8 @@ EVENTS: dict[str, str] = {
     "stalled": "Score, KL and policy/approx_kl all flat over a long window: training is not moving.",
     "rollback": "A health detector with policy rollback fired: the run restored an earlier checkpoint "
                 "and continues from it.",
+    "reward_service_failed": "A reward service or judge failed after its retries (--reward-on-error stop): the "
+                             "run saved a checkpoint of the last completed step and stopped; --resume continues.",
     "resumed": "The run resumed from a checkpoint at this step.",
     "interrupted": "The run was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint at this step.",
     "done": "The run finished.",

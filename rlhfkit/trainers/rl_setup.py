@@ -19,6 +19,7 @@ from rlhfkit.config import ConfigError, save_config
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthMonitor
 from rlhfkit.rollout import (Engine, FunctionScorer, GenerationSettings, RewardModelScorer, load_reward_function,
                              make_engine)
+from rlhfkit.rollout.sources import with_remote_rewards
 from rlhfkit.trainers.algorithms import Algorithm, resolve_algorithm
 from rlhfkit.trainers.common import configure_cpu_threads, make_optimizer, make_scheduler, set_seed
 from rlhfkit.trainers.distributed import World, broadcast_parameters, check_fsdp, init_distributed, shard_model
@@ -30,7 +31,7 @@ class Models:
 
     tokenizer: object
     policy: torch.nn.Module
-    scorer: object  # RewardModelScorer or FunctionScorer: scorer(experience) -> (N,) scores
+    scorer: object  # RewardModelScorer, FunctionScorer, RemoteScorer, ...: scorer(experience) -> (N,) scores
     reference: torch.nn.Module | None = None
     ref_context: object = None  # LoRA: adapters_disabled, the policy computing as the reference
     gold: FunctionScorer | None = None  # logged only, never trained on
@@ -109,11 +110,13 @@ def build_models(cfg, algo: Algorithm, device) -> Models:
         ref_context = M.adapters_disabled if algo.needs_reference else None
     elif algo.needs_reference:
         reference = M.load_reference(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+    local = None
     if cfg.reward_model:
-        scorer = RewardModelScorer(M.load_reward_model(cfg.reward_model, dtype=cfg.dtype, device=device,
-                                                       trust_remote_code=trc), tokenizer)
-    else:
-        scorer = FunctionScorer(load_reward_function(cfg.reward_fn))
+        local = RewardModelScorer(M.load_reward_model(cfg.reward_model, dtype=cfg.dtype, device=device,
+                                                      trust_remote_code=trc), tokenizer)
+    elif cfg.reward_fn:
+        local = FunctionScorer(load_reward_function(cfg.reward_fn))
+    scorer = with_remote_rewards(cfg, local)  # + --reward-url services and the --reward-judge-url judge
     gold = FunctionScorer(load_reward_function(cfg.gold_fn)) if cfg.gold_fn else None
     critic = M.load_critic(algo.critic_init, dtype=cfg.dtype, device=device, trust_remote_code=trc) \
         if algo.critic else None
