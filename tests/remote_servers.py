@@ -7,8 +7,8 @@
 - `fake_judge(answer)`: an OpenAI-compatible /v1/chat/completions whose reply is `answer(prompt text)`.
 """
 
-from __future__ import annotations
 
+import inspect
 import os
 import socket
 import subprocess
@@ -46,7 +46,7 @@ def wait_healthy(url: str, seconds: float, alive=lambda: True) -> None:
 class ThreadServer:
     """uvicorn in a daemon thread on a free port of 127.0.0.1; a context manager."""
 
-    def __init__(self, app, port: int | None = None):
+    def __init__(self, app, port=None):
         import uvicorn
 
         self.port = port or free_port()
@@ -75,7 +75,7 @@ class ThreadServer:
 class CliServer:
     """`rlhfkit serve-reward ARGS --port PORT` in a subprocess; a context manager."""
 
-    def __init__(self, args: list[str], port: int | None = None, env: dict | None = None):
+    def __init__(self, args, port=None, env=None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args, self.env = args, {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
@@ -124,6 +124,8 @@ def fake_service(handler):
     async def score(request: Request):
         app.state.calls += 1
         out = handler(await request.json())
+        if inspect.isawaitable(out):  # an async handler, e.g. one that sleeps past the client's timeout
+            out = await out
         if isinstance(out, tuple):
             return Response(content=out[1], status_code=out[0], media_type="application/json")
         return JSONResponse(out)
