@@ -179,10 +179,18 @@ def _request_error(body) -> str | None:
     return None
 
 
+def _require_web_stack() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        raise ConfigError("serve-reward needs FastAPI and uvicorn: pip install 'rlhfkit[serve]'")
+
+
 def make_app(backend, max_batch_tokens: int = 8192, max_wait_ms: float = 5.0):
     """The FastAPI app of a backend (`ModelBackend` or `FunctionBackend`)."""
     from contextlib import asynccontextmanager
 
+    _require_web_stack()
     from fastapi import Body, FastAPI
     from fastapi.responses import JSONResponse
 
@@ -222,16 +230,19 @@ def make_app(backend, max_batch_tokens: int = 8192, max_wait_ms: float = 5.0):
 
 
 def make_backend(cfg: ServeRewardConfig):
-    from rlhfkit.trainers.common import resolve_device
+    from rlhfkit.trainers.common import configure_cpu_threads, resolve_device
 
+    device = resolve_device(cfg.device)
+    configure_cpu_threads(device)  # 1 thread on a CPU other jobs keep busy: many times faster there
     if cfg.reward_model:
-        return ModelBackend(cfg.reward_model, device=resolve_device(cfg.device), dtype=cfg.dtype,
+        return ModelBackend(cfg.reward_model, device=device, dtype=cfg.dtype,
                             normalize=cfg.normalize, trust_remote_code=cfg.trust_remote_code)
     return FunctionBackend(cfg.reward_fn)
 
 
 def run_serve(cfg: ServeRewardConfig) -> dict:
     """Load the reward, serve until Ctrl-C / SIGTERM."""
+    _require_web_stack()
     import uvicorn
 
     backend = make_backend(cfg)
