@@ -79,9 +79,59 @@ def test_served_function_equals_in_process_and_respects_the_budget(tiny_model, t
     backend = FunctionBackend(spec)
     calls = backend.scorer.fn.__globals__["calls"]  # the served copy's record of its batch sizes
     with ThreadServer(make_app(backend, max_batch_tokens=3, max_wait_ms=50)) as server:
-        served = RemoteScorer(server.url, batch_size=2, policy=policy(concurrency=4))(exp)
+        served = RemoteScorer(server.url, batch_size=8, policy=policy())(exp)
     assert torch.equal(served, exp.scores)
-    assert sum(calls) == len(exp.prompts) and max(calls) <= 3  # every row once, no call over the budget
+    assert calls == [3, 3, 2]  # the request's 8 rows in sub-batches under the budget (3 rows for a function)
+
+
+def test_batcher_merges_concurrent_requests_and_answers_each_its_own(tmp_path):
+    from rlhfkit.serve import Batcher, FunctionBackend
+
+    (tmp_path / "rw.py").write_text(REWARD)
+    backend = FunctionBackend(f"{tmp_path / 'rw.py'}:scored")
+    calls = backend.scorer.fn.__globals__["calls"]
+    # the budget (6 rows) is reached by the three requests: the batch closes without waiting out max_wait_ms
+    batcher = Batcher(backend, max_batch_tokens=6, max_wait_ms=60_000)
+
+    async def main():
+        worker = asyncio.create_task(batcher.run())
+        await asyncio.sleep(0)  # the worker creates its queue
+        requests = [([f"p{k}", f"q{k}"], ["a" * k, "b" * (k + 1)], [False, False], {"answer": ["a", "b"]})
+                    for k in (1, 2, 3)]
+        try:
+            return requests, await asyncio.gather(*(batcher.score(*r) for r in requests))
+        finally:
+            worker.cancel()
+
+    requests, answers = asyncio.run(main())
+    assert calls == [6]  # one call for the three requests
+    for (prompts, responses, _, fields), scores in zip(requests, answers):
+        assert scores == backend.score(prompts, responses, None, fields)
+    batcher.pool.shutdown()
+
+
+def test_prefetch_starts_before_the_reference_forward(tiny_model, tiny_tokenizer):
+    import copy
+
+    from rlhfkit.rollout import GenerationSettings, make_experience
+
+    log = []
+
+    class Spy:
+        name = "spy"
+
+        def prefetch(self, rows):
+            log.append(("prefetch", len(rows.responses)))
+
+        def __call__(self, exp):
+            log.append(("score", len(exp.responses)))
+            return torch.zeros(len(exp.responses))
+
+    reference = copy.deepcopy(tiny_model)
+    reference.register_forward_hook(lambda *args: log.append(("reference", None)))
+    make_experience(tiny_model, tiny_tokenizer, PROMPTS[:2], GenerationSettings(max_new_tokens=3), scorer=Spy(),
+                    reference=reference)
+    assert log == [("prefetch", 2), ("reference", None), ("score", 2)]
 
 
 def test_sub_batches_hand_computed():
