@@ -32,7 +32,7 @@ def combine_scorers(local=None, urls=(), judge=None, batch_size: int = 32, timeo
 def with_remote_rewards(cfg, local=None):
     """The scorer of a run: `local` (its reward model or function, or None) plus the reward services and
     the judge named by a config's `reward_*` fields (those of `RLConfig`; a config without them, such
-    as an older `EvalConfig`, gets `local` back). Used by `rl` and meant for `eval` alike."""
+    as today's `EvalConfig`, gets `local` back, None included). Used by `rl` and meant for `eval` alike."""
     def get(name, default=None):
         return getattr(cfg, name, default)
 
@@ -44,5 +44,7 @@ def with_remote_rewards(cfg, local=None):
                              template=load_template(get("reward_judge_template")),
                              api_key_env=get("reward_judge_api_key_env"), policy=RequestPolicy(**policy_kw)),
                  float(get("reward_judge_weight", 1.0)))
-    return combine_scorers(local, urls=tuple(get("reward_url", ()) or ()), judge=judge,
-                           batch_size=get("reward_batch_size", 32), **policy_kw)
+    urls = tuple(get("reward_url", ()) or ())
+    if not urls and judge is None:
+        return local  # nothing remote (None stays None: `eval` may run without a reward)
+    return combine_scorers(local, urls=urls, judge=judge, batch_size=get("reward_batch_size", 32), **policy_kw)

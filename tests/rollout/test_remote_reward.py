@@ -139,6 +139,7 @@ def test_sub_batches_hand_computed():
 
     # budget 10: [4, 4] costs 2 x 4 = 8; adding 3 keeps 3 x 4 = 12 > 10 -> split; a row over budget stands alone
     assert sub_batches([4, 4, 3, 2, 12, 1], 10) == [(0, 2), (2, 4), (4, 5), (5, 6)]
+    assert sub_batches([5, 5, 5], 10) == [(0, 2), (2, 3)]  # exactly the budget still fits
     assert sub_batches([], 10) == []
 
 
@@ -252,6 +253,26 @@ def test_weighted_sum_of_local_and_served(tiny_model, tiny_tokenizer, tmp_path):
     lengths = torch.tensor([float(len(r)) for r in exp.responses])
     assert torch.allclose(exp.scores, local(exp) + 0.5 * lengths - 2 * lengths)
     assert scorer.pop_metrics()["reward/remote_failures"] == 0.0
+
+
+def test_with_remote_rewards_reads_the_config():
+    import types
+
+    from rlhfkit.rollout.judge import JudgeScorer
+    from rlhfkit.rollout.remote import RemoteScorer, WeightedScorer
+    from rlhfkit.rollout.sources import with_remote_rewards
+
+    local = object()
+    assert with_remote_rewards(types.SimpleNamespace(), local) is local  # a config without reward_* fields
+    assert with_remote_rewards(types.SimpleNamespace(reward_url=()), None) is None
+    one = with_remote_rewards(types.SimpleNamespace(reward_url=("http://h:1",), reward_timeout=5.0, reward_retries=1))
+    assert isinstance(one, RemoteScorer) and one.policy.timeout == 5.0 and one.policy.retries == 1
+    both = with_remote_rewards(types.SimpleNamespace(reward_url=("http://h:1:0.5",), reward_judge_url="http://j/v1",
+                                                     reward_judge_model="m", reward_judge_weight=2.0), local)
+    assert isinstance(both, WeightedScorer)
+    assert [(type(s).__name__, w) for s, w in both.parts] == [("object", 1.0), ("RemoteScorer", 0.5),
+                                                               ("JudgeScorer", 2.0)]
+    assert isinstance(both.parts[2][0], JudgeScorer) and both.parts[2][0].url == "http://j/v1/chat/completions"
 
 
 def test_parse_reward_url():

@@ -141,3 +141,20 @@ def test_judge_reward_in_rl_keeps_the_key_secret(tiny_dir, data_dir, tmp_path, m
     assert 0 < result["reward/score_mean"] <= 3 and result["reward/remote_failures"] == 0.0
     saved = "".join(p.read_text() for p in tmp_path.glob("*.yaml")) + (tmp_path / "metrics.jsonl").read_text()
     assert "RLHFKIT_TEST_JUDGE_KEY" in saved and secret not in saved + "".join(capfd.readouterr())
+
+
+def test_config_needs_a_reward_and_checks_the_remote_fields(tiny_dir, data_dir, tmp_path):
+    from rlhfkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="give a reward"):
+        rl_config(tiny_dir, data_dir, tmp_path, reward_fn=None)
+    with pytest.raises(ConfigError, match="at most one"):
+        rl_config(tiny_dir, data_dir, tmp_path, reward_model="rm")
+    with pytest.raises(ConfigError, match="expected http"):
+        rl_config(tiny_dir, data_dir, tmp_path, reward_url=("localhost:8000",))
+    with pytest.raises(ConfigError, match="reward-judge-model"):
+        rl_config(tiny_dir, data_dir, tmp_path, reward_judge_url="http://j/v1")
+    with pytest.raises(ConfigError, match="reward_timeout"):
+        rl_config(tiny_dir, data_dir, tmp_path, reward_url=("http://h:1",), reward_timeout=0)
+    cfg = rl_config(tiny_dir, data_dir, tmp_path, reward_fn=None, reward_url=("http://a:1", "http://b:2:0.5"))
+    assert cfg.reward_url == ("http://a:1", "http://b:2:0.5")
