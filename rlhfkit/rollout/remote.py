@@ -222,6 +222,11 @@ class WeightedScorer:
         self.parts = list(parts)
         self.name = " + ".join(f"{w:g} x {getattr(s, 'name', type(s).__name__)}" for s, w in self.parts)
 
+    @property
+    def reward_model(self):
+        """The in-process reward model among the parts, if any (FSDP shards it with the other frozen models)."""
+        return next((s.reward_model for s, _ in self.parts if getattr(s, "reward_model", None) is not None), None)
+
     def prefetch(self, experience) -> None:
         for scorer, _ in self.parts:
             if hasattr(scorer, "prefetch"):

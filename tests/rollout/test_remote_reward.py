@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 
 import pytest
 import torch
@@ -253,11 +254,12 @@ def test_weighted_sum_of_local_and_served(tiny_model, tiny_tokenizer, tmp_path):
     lengths = torch.tensor([float(len(r)) for r in exp.responses])
     assert torch.allclose(exp.scores, local(exp) + 0.5 * lengths - 2 * lengths)
     assert scorer.pop_metrics()["reward/remote_failures"] == 0.0
+    assert scorer.reward_model is None  # no in-process reward model to shard under FSDP
+    marker = torch.nn.Linear(1, 1)
+    assert combine_scorers(types.SimpleNamespace(reward_model=marker), urls=["http://h:1"]).reward_model is marker
 
 
 def test_with_remote_rewards_reads_the_config():
-    import types
-
     from rlhfkit.rollout.judge import JudgeScorer
     from rlhfkit.rollout.remote import RemoteScorer, WeightedScorer
     from rlhfkit.rollout.sources import with_remote_rewards
