@@ -21,13 +21,15 @@ COMMANDS = {
     "doctor": ("rlhfkit.doctor", "DoctorConfig", "run_doctor", "check a model, its data and its reward before a run"),
     "quickstart": ("rlhfkit.quickstart", "QuickstartConfig", "run_quickstart",
                    "the whole pipeline on a bundled task, on CPU, in minutes"),
+    "serve-reward": ("rlhfkit.serve", "ServeRewardConfig", "run_serve",
+                     "serve a reward model or function over HTTP (docs/reward-service.md)"),
 }
 
 
 # Short synopses: the full flag list is in the grouped sections of `--help`.
 USAGE = {
-    "rl": "rlhfkit rl --policy DIR --prompts FILE --output DIR (--reward-model DIR | --reward-fn FILE.py:FN) "
-          "[--algo NAME] [--config FILE.yaml] [options]",
+    "rl": "rlhfkit rl --policy DIR --prompts FILE --output DIR (--reward-model DIR | --reward-fn FILE.py:FN | "
+          "--reward-url URL[,URL:WEIGHT] | --reward-judge-url URL) [--algo NAME] [--config FILE.yaml] [options]",
 }
 
 

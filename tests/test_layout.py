@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rlhfkit"
 # algos <- models <- data, rollout <- trainers <- cli (STYLE / CONTRIBUTING.md); errors and config
 # are the base every layer may raise from; reporting and tasks sit beside data and rollout.
 RANKS = {"errors": 0, "algos": 1, "config": 1, "winrate": 1, "models": 2, "data": 3, "rollout": 3, "reporting": 3,
-         "tasks": 3, "trainers": 4, "judging": 4, "review": 4, "evaluate": 5, "doctor": 5, "quickstart": 6, "cli": 7,
+         "tasks": 3, "trainers": 4, "judging": 4, "review": 4, "evaluate": 5, "doctor": 5, "serve": 5, "quickstart": 6, "cli": 7,
          "__main__": 8, "(root)": 0}
 # Parts of the same rank that must not import each other (rollout renders chats with data's templates;
 # data never imports rollout).
@@ -30,7 +30,9 @@ LONG_FUNCTIONS = {
     "rlhfkit/rollout/generation.py:generate": "HF generate's options, then ends of responses; one call's contract",
     "rlhfkit/trainers/supervised.py:run_supervised": "the SFT/RM loop; its split follows the RL one (not yet done)",
 }
-LONG_FILES: dict[str, str] = {}
+LONG_FILES: dict[str, str] = {
+    "rlhfkit/reporting/metrics.py": "the glossary: one table of definitions (data, not logic), defined once",
+}
 
 
 def module_name(path: Path) -> str:

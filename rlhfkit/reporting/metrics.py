@@ -77,6 +77,20 @@ METRICS: dict[str, MetricDef] = _defs(
      "(the estimator receives the clamped scores).",
      "reward", "Hovers near 0 once the running moments settle; a drift far from 0 means the moments "
      "are lagging the score distribution.", ("rl",), "normalize_rewards is true"),
+    ("reward/remote_failures",
+     "Failed requests to reward services and judges during the step (no connection, timeout, HTTP error, "
+     "an answer that is not one finite number per row), retried ones included; only with --reward-url or "
+     "--reward-judge-url.",
+     "count", "Should be 0. A steady trickle means a flaky or overloaded service (raise --reward-timeout, "
+     "lower --reward-batch-size); see docs/reward-service.md.", ("rl",), "reward_url or reward_judge_url is set"),
+    ("reward/remote_retries",
+     "Requests to reward services and judges re-sent after a failure during the step (exponential backoff).",
+     "count", "Each retry costs backoff time; many per step slow the run down.", ("rl",),
+     "reward_url or reward_judge_url is set"),
+    ("reward/remote_zeroed",
+     "Rows scored 0 during the step because their request failed after its retries (--reward-on-error zero).",
+     "count", "Should be 0: every zeroed row is a training signal that lies.", ("rl",),
+     "reward_url or reward_judge_url is set, with reward_on_error zero"),
     # -- KL to the reference model ---------------------------------------------------------------
     ("kl/mean",
      "Per-sequence KL to the reference: the k1 estimator (logprobs - ref_logprobs, unbiased) summed "
@@ -429,6 +443,8 @@ EVENTS: dict[str, str] = {
                "over a long window: training is not moving.",
     "rollback": "A health detector with policy rollback fired: the run restored an earlier checkpoint "
                 "and continues from it.",
+    "reward_service_failed": "A reward service or judge failed after its retries (--reward-on-error stop): the "
+                             "run saved a checkpoint of the last completed step and stopped; --resume continues.",
     "stopped": "A health detector with policy stop fired (or a rollback found no checkpoint to return "
                "to): the run saved a checkpoint at this step and ended.",
 }
@@ -440,6 +456,7 @@ EVENT_WHEN: dict[str, str] = {
     **{name: _DETECTOR for name in ("entropy_collapse", "clipfrac_high", "kl_runaway", "reward_hacking",
                                     "value_instability", "stalled", "overoptimization")},
     "rollback": "a detector whose policy is rollback fires",
+    "reward_service_failed": "a reward service or judge fails after its retries with reward_on_error stop",
     "stopped": "a detector whose policy is stop (or rollback, with no checkpoint to return to) fires",
 }
 

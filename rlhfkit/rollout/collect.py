@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import nullcontext
+from types import SimpleNamespace
 
 import torch
 
@@ -102,6 +103,9 @@ def make_experience(policy, tokenizer, prompts: list[str], settings: GenerationS
     with torch.no_grad(), eval_mode(policy, reference, critic):
         gen = engine.generate(prompts, settings, prompt_ids=prompt_ids, row_keys=row_keys,
                               want_logprobs=policy_logprobs, add_special_tokens=add_special_tokens)
+        if scorer is not None and hasattr(scorer, "prefetch"):  # remote rewards: in flight during the forwards below
+            scorer.prefetch(SimpleNamespace(prompts=gen.prompts, responses=gen.responses, eos=gen.eos,
+                                            stopped=gen.stopped, fields=per_sample_fields))
         prompt_length, response_length = gen.prompt_ids.shape[1], gen.response_ids.shape[1]
         mask = gen.response_mask  # (N, R)
         input_ids = torch.cat([gen.prompt_ids, gen.response_ids], dim=1)  # (N, P+R)

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from rlhfkit.reporting import MetricsLogger, progress
-from rlhfkit.trainers.checkpoint import (latest_checkpoint, list_checkpoints, restore_trainer_state, save_checkpoint,
-                                         trainer_state)
+from rlhfkit.rollout.remote import RewardServiceError
+from rlhfkit.trainers.checkpoint import (latest_checkpoint, list_checkpoints, restore_trainer_state, rng_state,
+                                         save_checkpoint, set_rng_state, trainer_state)
 from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError
 from rlhfkit.trainers.distributed import NullLogger, any_rank, barrier, full_state_dict
 from rlhfkit.trainers.rl_config import RLConfig
@@ -41,8 +42,11 @@ def train_rl(cfg: RLConfig) -> dict:
     try:
         with stop.installed():
             while step < cfg.steps:
+                rng = rng_state()  # a step that fails in scoring is saved as not begun (its samples drew on the RNG)
                 try:
                     metrics, events = rl_step(run, step)
+                except RewardServiceError as err:
+                    _stop_on_reward_failure(run, ckpts, logger, step, rng, err)
                 except TrainingError as err:
                     logger.event(step + 1, "nonfinite", str(err))
                     raise
@@ -93,6 +97,17 @@ def _probe(run: RLRun, step: int) -> dict:
             else (lambda folder: None)
         keep_if_best(run.probe, out, step, save, run.out_dir)
     return out
+
+
+def _stop_on_reward_failure(run: RLRun, ckpts, logger, step: int, rng: dict, err: Exception) -> None:
+    """A reward service or judge failed after its retries (--reward-on-error stop): checkpoint the last
+    completed step with the RNG as it was before the failed step, so --resume repeats that step exactly."""
+    set_rng_state(rng)
+    ckpts.save(step)
+    message = (f"{err}; stopped with a checkpoint of step {step} in {run.out_dir}/checkpoints: restart the "
+               f"service and rerun the same command with --resume")
+    logger.event(step, "reward_service_failed", message)
+    raise TrainingError(message) from err
 
 
 class _Checkpoints:

@@ -57,6 +57,26 @@ class RLConfig(HealthOptions):
     critic: str | None = option(None, "critic initialisation: a folder; default: the reward model (PPO-max) when "
                                       "given, else the policy (fresh zero head)")
     prompt_field: str | None = option(None, "name of the prompt field when it is not `prompt` / `messages`")
+    # --- rewards served elsewhere (docs/reward-service.md)
+    reward_url: tuple[str, ...] = option((), "reward services (`rlhfkit serve-reward` or any service speaking its "
+                                             "protocol): URL or URL:weight, comma-separated or a YAML list; their "
+                                             "weighted scores are summed with --reward-model / --reward-fn (weight 1)")
+    reward_batch_size: int = option(32, "rows per request to a reward service")
+    reward_concurrency: int = option(8, "requests in flight at once per reward service or judge")
+    reward_timeout: float = option(60.0, "seconds before a reward request counts as failed")
+    reward_retries: int = option(3, "retries of a failed reward request, with exponential backoff (0.5 s, 1 s, ...)")
+    reward_on_error: str = option("stop", "after the retries: stop (checkpoint of the last good step, then exit), "
+                                          "zero (score the rows 0) or retry (keep retrying)",
+                                  choices=("stop", "zero", "retry"))
+    reward_judge_url: str | None = option(None, "OpenAI-compatible chat-completions endpoint (e.g. "
+                                                "http://host:8000/v1) that judges each response with a rubric")
+    reward_judge_model: str | None = option(None, "the judge's model name (the request's `model`)")
+    reward_judge_template: str | None = option(None, "rubric file with {prompt} and {response}; the judge's last "
+                                                     "number, clamped to 1-10, becomes (x - 1) / 9 (default: a "
+                                                     "built-in 1-10 rubric)")
+    reward_judge_api_key_env: str | None = option(None, "name of the environment variable holding the judge's API key "
+                                                        "(the key is never logged or saved)")
+    reward_judge_weight: float = option(1.0, "weight of the judge's score in the summed reward")
     # --- rollout
     prompts_per_step: int = option(8, "prompts sampled per RL step")
     n: int | None = option(None, "responses per prompt, in consecutive groups (default: the algorithm's; "
@@ -156,6 +176,10 @@ class RLConfig(HealthOptions):
     ARG_GROUPS: typing.ClassVar[dict] = {
         "what to train, on what, judged by what": (
             "policy", "prompts", "output", "algo", "preset", "reward_model", "reward_fn", "gold_fn", "critic", "prompt_field"),
+        "rewards served elsewhere": (
+            "reward_url", "reward_batch_size", "reward_concurrency", "reward_timeout", "reward_retries",
+            "reward_on_error", "reward_judge_url", "reward_judge_model", "reward_judge_template",
+            "reward_judge_api_key_env", "reward_judge_weight"),
         "sampling": ("prompts_per_step", "n", "max_prompt_length", "overlong", "max_new_tokens", "temperature",
                      "top_p", "top_k", "stop_strings", "seeded_sampling", "engine"),
         "optimization": ("steps", "lr", "weight_decay", "warmup_steps", "max_grad_norm", "loss_agg",
@@ -216,8 +240,13 @@ class RLConfig(HealthOptions):
         if self.preset is not None:
             apply_preset(self, getattr(self, "_given", set()))
         spec = get_algorithm(self.algo)
-        if (self.reward_model is None) == (self.reward_fn is None):
-            raise ConfigError("give exactly one of --reward-model (a folder) or --reward-fn (file.py:function)")
+        if self.reward_model is not None and self.reward_fn is not None:
+            raise ConfigError("give at most one of --reward-model (a folder) or --reward-fn (file.py:function); "
+                              "add more sources with --reward-url or --reward-judge-url")
+        if self.reward_model is None and self.reward_fn is None and not self.reward_url and not self.reward_judge_url:
+            raise ConfigError("give a reward: --reward-model (a folder), --reward-fn (file.py:function), "
+                              "--reward-url (a reward service) or --reward-judge-url (a judge)")
+        self._check_remote_rewards()
         n = self.n or spec.n
         if spec.n > 1 and n < 2:
             raise ConfigError(f"{self.algo} compares samples of the same prompt: --samples-per-prompt (n) must be >= 2, got {n}")
@@ -241,6 +270,20 @@ class RLConfig(HealthOptions):
         if any(getattr(health, f"{d}_policy") == "rollback" for d in DETECTOR_NAMES) and self.save_every <= 0:
             raise ConfigError("a health policy 'rollback' needs --save-every > 0 (checkpoints to roll back to)")
 
+    def _check_remote_rewards(self) -> None:
+        from rlhfkit.rollout.remote import parse_reward_url
+
+        for spec in self.reward_url:
+            try:
+                parse_reward_url(spec)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+        if self.reward_batch_size < 1 or self.reward_concurrency < 1 or self.reward_timeout <= 0 \
+                or self.reward_retries < 0:
+            raise ConfigError("reward_batch_size and reward_concurrency must be >= 1, reward_timeout > 0 and "
+                              "reward_retries >= 0")
+        if self.reward_judge_url and not self.reward_judge_model:
+            raise ConfigError("--reward-judge-url needs --reward-judge-model (the model name the endpoint serves)")
 
 def _remember_given(init):
     """Wrap the dataclass __init__ to note which fields the caller set, so a preset fills only the others."""

@@ -19,6 +19,7 @@ from rlhfkit.config import ConfigError, save_config
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthMonitor
 from rlhfkit.rollout import (Engine, FunctionScorer, GenerationSettings, load_reward_function, load_reward_scorer,
                              make_engine)
+from rlhfkit.rollout.sources import with_remote_rewards
 from rlhfkit.trainers.algorithms import Algorithm, resolve_algorithm
 from rlhfkit.trainers.common import configure_cpu_threads, make_optimizer, make_scheduler, set_seed
 from rlhfkit.trainers.distributed import World, broadcast_parameters, check_fsdp, init_distributed, shard_model
@@ -31,7 +32,7 @@ class Models:
 
     tokenizer: object
     policy: torch.nn.Module
-    scorer: object  # RewardModelScorer or FunctionScorer: scorer(experience) -> (N,) scores
+    scorer: object  # RewardModelScorer, FunctionScorer, RemoteScorer, ...: scorer(experience) -> (N,) scores
     # (a reward model of another family reads its own tokenizer's ids: rollout/reward_model.py)
     reference: torch.nn.Module | None = None
     ref_context: object = None  # LoRA: adapters_disabled, the policy computing as the reference
@@ -117,10 +118,12 @@ def build_models(cfg, algo: Algorithm, device) -> Models:
         ref_context = M.adapters_disabled if algo.needs_reference else None
     elif algo.needs_reference:
         reference = M.load_reference(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+    local = None
     if cfg.reward_model:
-        scorer = load_reward_scorer(cfg.reward_model, tokenizer, dtype=cfg.dtype, device=device, trust_remote_code=trc)
-    else:
-        scorer = FunctionScorer(load_reward_function(cfg.reward_fn))
+        local = load_reward_scorer(cfg.reward_model, tokenizer, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+    elif cfg.reward_fn:
+        local = FunctionScorer(load_reward_function(cfg.reward_fn))
+    scorer = with_remote_rewards(cfg, local)  # + --reward-url services and the --reward-judge-url judge
     gold = FunctionScorer(load_reward_function(cfg.gold_fn)) if cfg.gold_fn else None
     critic = None
     if algo.critic:  # a critic reads the policy's tokens: refuse a base of another vocabulary

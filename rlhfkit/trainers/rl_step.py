@@ -16,6 +16,7 @@ from rlhfkit import algos as A
 from rlhfkit.data import prompt_fields
 from rlhfkit.models import response_logprobs
 from rlhfkit.rollout import Experience, make_experience
+from rlhfkit.rollout.remote import scorer_metrics
 from rlhfkit.rollout.seeded import row_keys
 from rlhfkit.trainers.distributed import gather_rows
 from rlhfkit.trainers.rl_update import Shard, UpdateContext, optimizer_step, run_updates
@@ -49,6 +50,7 @@ def rl_step(run, step: int) -> tuple[dict, list]:
     t_rollout = time.perf_counter() - t0
     view, gold_scores = global_view(w, exp, models.gold(exp) if models.gold is not None else None)
     metrics = rollout_metrics(view, gold_scores)
+    metrics.update(scorer_metrics(models.scorer))  # reward/remote_*: failures of reward services, if any
     process = None
     if algo.process_reward:  # PRIME: the implicit PRM learns from this batch's outcomes first
         process, prm_stats = update_prm(cfg, models, run.opt, exp, step)
