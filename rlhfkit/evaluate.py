@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from rlhfkit.config import ConfigError, option, save_config
+from rlhfkit.rollout.options import RemoteRewardOptions
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(RemoteRewardOptions):
     """`rlhfkit eval`: evaluate one policy, or compare two, on held-out prompts."""
 
     policy: str | None = option(None, "policy folder (or hub name) to evaluate (required unless --import-review)")
@@ -72,6 +73,7 @@ class EvalConfig:
             raise ConfigError("give at most one of --reward-model and --reward-fn")
         if self.num_prompts < 1 or self.batch_size < 1:
             raise ConfigError("num_prompts and batch_size must be >= 1")
+        self.check_remote_rewards()
         if not self.import_review and not (self.policy and self.prompts):
             raise ConfigError("give --policy and --prompts (or --import-review with --key to score a filled sheet)")
         if self.export_review and not self.compare:
@@ -93,12 +95,14 @@ class EvalConfig:
 
 def _scorer(cfg: EvalConfig, tokenizer, device):
     from rlhfkit.rollout import FunctionScorer, load_reward_function, load_reward_scorer
+    from rlhfkit.rollout.sources import with_remote_rewards
 
+    local = None
     if cfg.reward_model:  # with its own tokenizer when it is of another family
-        return load_reward_scorer(cfg.reward_model, tokenizer, dtype=cfg.dtype, device=device)
-    if cfg.reward_fn:
-        return FunctionScorer(load_reward_function(cfg.reward_fn))
-    return None
+        local = load_reward_scorer(cfg.reward_model, tokenizer, dtype=cfg.dtype, device=device)
+    elif cfg.reward_fn:
+        local = FunctionScorer(load_reward_function(cfg.reward_fn))
+    return with_remote_rewards(cfg, local)  # + --reward-url services and a --reward-judge-url judge (None: no reward)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from rlhfkit.algos.masking import AGG_MODES
 from rlhfkit.config import ConfigError, option
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthConfig
 from rlhfkit.rollout.engine import ENGINES
+from rlhfkit.rollout.options import RemoteRewardOptions
 from rlhfkit.trainers.algorithms import ALGORITHMS
 from rlhfkit.trainers.presets import PRESETS, apply_preset
 
@@ -37,7 +38,7 @@ HealthOptions = dataclasses.make_dataclass("HealthOptions", _health_options(), k
 
 
 @dataclass(kw_only=True)
-class RLConfig(HealthOptions):
+class RLConfig(HealthOptions, RemoteRewardOptions):
     """`rlhfkit rl --algo NAME`: optimize a policy against a reward model or function."""
 
     # --- what to train, on what, judged by what
@@ -57,26 +58,6 @@ class RLConfig(HealthOptions):
     critic: str | None = option(None, "critic initialisation: a folder; default: the reward model (PPO-max) when "
                                       "given, else the policy (fresh zero head)")
     prompt_field: str | None = option(None, "name of the prompt field when it is not `prompt` / `messages`")
-    # --- rewards served elsewhere (docs/reward-service.md)
-    reward_url: tuple[str, ...] = option((), "reward services (`rlhfkit serve-reward` or any service speaking its "
-                                             "protocol): URL or URL:weight, comma-separated or a YAML list; their "
-                                             "weighted scores are summed with --reward-model / --reward-fn (weight 1)")
-    reward_batch_size: int = option(32, "rows per request to a reward service")
-    reward_concurrency: int = option(8, "requests in flight at once per reward service or judge")
-    reward_timeout: float = option(60.0, "seconds before a reward request counts as failed")
-    reward_retries: int = option(3, "retries of a failed reward request, with exponential backoff (0.5 s, 1 s, ...)")
-    reward_on_error: str = option("stop", "after the retries: stop (checkpoint of the last good step, then exit), "
-                                          "zero (score the rows 0) or retry (keep retrying)",
-                                  choices=("stop", "zero", "retry"))
-    reward_judge_url: str | None = option(None, "OpenAI-compatible chat-completions endpoint (e.g. "
-                                                "http://host:8000/v1) that judges each response with a rubric")
-    reward_judge_model: str | None = option(None, "the judge's model name (the request's `model`)")
-    reward_judge_template: str | None = option(None, "rubric file with {prompt} and {response}; the judge's last "
-                                                     "number, clamped to 1-10, becomes (x - 1) / 9 (default: a "
-                                                     "built-in 1-10 rubric)")
-    reward_judge_api_key_env: str | None = option(None, "name of the environment variable holding the judge's API key "
-                                                        "(the key is never logged or saved)")
-    reward_judge_weight: float = option(1.0, "weight of the judge's score in the summed reward")
     # --- rollout
     prompts_per_step: int = option(8, "prompts sampled per RL step")
     n: int | None = option(None, "responses per prompt, in consecutive groups (default: the algorithm's; "
@@ -246,7 +227,7 @@ class RLConfig(HealthOptions):
         if self.reward_model is None and self.reward_fn is None and not self.reward_url and not self.reward_judge_url:
             raise ConfigError("give a reward: --reward-model (a folder), --reward-fn (file.py:function), "
                               "--reward-url (a reward service) or --reward-judge-url (a judge)")
-        self._check_remote_rewards()
+        self.check_remote_rewards()
         n = self.n or spec.n
         if spec.n > 1 and n < 2:
             raise ConfigError(f"{self.algo} compares samples of the same prompt: --samples-per-prompt (n) must be >= 2, got {n}")
@@ -269,21 +250,6 @@ class RLConfig(HealthOptions):
         health = HealthConfig.from_config(self)  # validates every health_* field
         if any(getattr(health, f"{d}_policy") == "rollback" for d in DETECTOR_NAMES) and self.save_every <= 0:
             raise ConfigError("a health policy 'rollback' needs --save-every > 0 (checkpoints to roll back to)")
-
-    def _check_remote_rewards(self) -> None:
-        from rlhfkit.rollout.remote import parse_reward_url
-
-        for spec in self.reward_url:
-            try:
-                parse_reward_url(spec)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-        if self.reward_batch_size < 1 or self.reward_concurrency < 1 or self.reward_timeout <= 0 \
-                or self.reward_retries < 0:
-            raise ConfigError("reward_batch_size and reward_concurrency must be >= 1, reward_timeout > 0 and "
-                              "reward_retries >= 0")
-        if self.reward_judge_url and not self.reward_judge_model:
-            raise ConfigError("--reward-judge-url needs --reward-judge-model (the model name the endpoint serves)")
 
 def _remember_given(init):
     """Wrap the dataclass __init__ to note which fields the caller set, so a preset fills only the others."""

@@ -41,7 +41,8 @@ def reward_file(tmp_path, body: str) -> str:
 def test_critic_warmup_trains_only_the_critic(tiny_dir, data_dir, tmp_path):
     from rlhfkit.models import load_causal_lm, load_critic, load_scalar_model
 
-    kw = dict(algo="ppo", steps=2, warmup_steps=4, lr=1e-3)
+    # One pass per batch, so one policy optimizer step per RL step (PPO's default takes 2).
+    kw = dict(algo="ppo", steps=2, warmup_steps=4, lr=1e-3, ppo_epochs=1)
     warm, warm_rows = run(tiny_dir, data_dir, tmp_path / "warm", critic_warmup_steps=2, **kw)
     plain, plain_rows = run(tiny_dir, data_dir, tmp_path / "plain", critic_warmup_steps=0, **kw)
     start = flat(load_causal_lm(tiny_dir))

@@ -158,3 +158,24 @@ def test_config_needs_a_reward_and_checks_the_remote_fields(tiny_dir, data_dir, 
         rl_config(tiny_dir, data_dir, tmp_path, reward_url=("http://h:1",), reward_timeout=0)
     cfg = rl_config(tiny_dir, data_dir, tmp_path, reward_fn=None, reward_url=("http://a:1", "http://b:2:0.5"))
     assert cfg.reward_url == ("http://a:1", "http://b:2:0.5")
+
+
+def test_eval_scores_with_a_reward_service_as_in_process(tiny_dir, data_dir, tmp_path):
+    # `rlhfkit eval --reward-url`: the same score_mean as the reward function in-process.
+    import json
+
+    from rlhfkit.evaluate import EvalConfig, run_eval
+
+    fn = f"{data_dir / 'reward.py'}:distinct"
+    common = dict(policy=tiny_dir, prompts=str(data_dir / "prompts.jsonl"), num_prompts=6, max_new_tokens=6,
+                  device="cpu", seed=0)
+    run_eval(EvalConfig(output=str(tmp_path / "local"), reward_fn=fn, **common))
+    def distinct(responses):  # the conftest's reward.py:distinct
+        return [len(set(r.split())) / (1.0 + len(r.split())) + 0.05 * r.count("o") for r in responses]
+
+    with ThreadServer(fake_service(lambda body: {"scores": distinct(body["responses"])})) as server:
+        run_eval(EvalConfig(output=str(tmp_path / "served"), reward_url=(server.url,), reward_batch_size=4, **common))
+    local = json.loads((tmp_path / "local" / "eval.json").read_text())
+    served = json.loads((tmp_path / "served" / "eval.json").read_text())
+    key = next(k for k in local if isinstance(local[k], dict) and "score_mean" in local[k])
+    assert served[key]["score_mean"] == local[key]["score_mean"] and local[key]["score_mean"] != 0.0
