@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from rlhfkit.algos.dpo import PREFERENCE_LOSSES, PreferenceInputs, preference_loss
-from rlhfkit.config import ConfigError, option, save_config
+from rlhfkit.config import ConfigError, option
 from rlhfkit.data.preferences import PREFERENCE_FORMATS
-from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised
+from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, begin_stage, run_supervised
 
 CACHE_NAME = "reference_logps.pt"
 CACHE_VERSION = 1
@@ -272,15 +272,9 @@ def train_dpo(cfg: DPOConfig) -> dict:
     """Train the policy end to end; returns {"output", "final", "reference_cache", eval metrics, data counts}."""
     from rlhfkit.data import load_preferences, split_train_eval, tokenize_preferences
     from rlhfkit.models import load_causal_lm, load_tokenizer, save_model
-    from rlhfkit.trainers.common import set_seed
-    from rlhfkit.trainers.distributed import barrier, check_fsdp, init_distributed
+    from rlhfkit.trainers.distributed import barrier
 
-    out_dir = Path(cfg.output)
-    w, device = init_distributed(cfg.device)
-    check_fsdp(cfg, w)
-    if w.main:
-        save_config(cfg, out_dir)
-    set_seed(cfg.seed)
+    out_dir, w, device = begin_stage(cfg)
     # 1. policy and pairs
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     policy = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)

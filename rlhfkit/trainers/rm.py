@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.config import ConfigError, option, save_config
-from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised, shard_for
+from rlhfkit.config import ConfigError, option
+from rlhfkit.trainers.supervised import (SupervisedConfig, SupervisedStage, begin_stage, run_supervised,
+                                         shard_for)
 
 
 def _appended(f: dataclasses.Field) -> dataclasses.Field:
@@ -149,15 +150,9 @@ def train_rm(cfg: RMConfig) -> dict:
     """Train the reward model end to end; returns {"output", "final", eval metrics}."""
     from rlhfkit.data.rankings import collate_rankings, tokenize_rankings
     from rlhfkit.models import load_critic, load_tokenizer
-    from rlhfkit.trainers.common import set_seed
-    from rlhfkit.trainers.distributed import barrier, check_fsdp, init_distributed
+    from rlhfkit.trainers.distributed import barrier
 
-    out_dir = Path(cfg.output)
-    w, device = init_distributed(cfg.device)
-    check_fsdp(cfg, w)
-    if w.main:
-        save_config(cfg, out_dir)
-    set_seed(cfg.seed)
+    out_dir, w, device = begin_stage(cfg)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     # A scalar head on the backbone, zero-initialised: every pair starts at loss log 2.
     model = load_critic(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from rlhfkit.config import ConfigError, option, save_config
+from rlhfkit.config import ConfigError, option
 from rlhfkit.trainers.common import sft_token_loss
-from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, run_supervised, shard_for
+from rlhfkit.trainers.supervised import (SupervisedConfig, SupervisedStage, begin_stage, run_supervised,
+                                         shard_for)
 
 
 @dataclass(kw_only=True)
@@ -50,15 +50,9 @@ def train_sft(cfg: SFTConfig) -> dict:
     """Run SFT end to end; returns {"output", "final", eval metrics, data counts}."""
     from rlhfkit.data import collate_sft, load_sft, pack_sft, split_train_eval, tokenize_sft
     from rlhfkit.models import load_causal_lm, load_tokenizer, save_model
-    from rlhfkit.trainers.common import set_seed
-    from rlhfkit.trainers.distributed import barrier, check_fsdp, init_distributed
+    from rlhfkit.trainers.distributed import barrier
 
-    out_dir = Path(cfg.output)
-    w, device = init_distributed(cfg.device)
-    check_fsdp(cfg, w)
-    if w.main:
-        save_config(cfg, out_dir)
-    set_seed(cfg.seed)
+    out_dir, w, device = begin_stage(cfg)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
     if cfg.lora_r:

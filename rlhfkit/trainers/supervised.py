@@ -201,3 +201,19 @@ def shard_for(cfg, w, *models) -> None:
         if model is not None:
             D.broadcast_parameters(w, [model])
             D.shard_model(model, cfg.fsdp_param_dtype, cfg.fsdp_cpu_offload)
+
+
+def begin_stage(cfg):
+    """The start every offline stage shares (SFT, RM, DPO): the process group, the FSDP check, the
+    resolved config saved in the output folder (rank 0), the seed. Returns (out_dir, world, device)."""
+    from rlhfkit.config import save_config
+    from rlhfkit.trainers.common import set_seed
+    from rlhfkit.trainers.distributed import check_fsdp, init_distributed
+
+    out_dir = Path(cfg.output)
+    w, device = init_distributed(cfg.device)
+    check_fsdp(cfg, w)
+    if w.main:
+        save_config(cfg, out_dir)
+    set_seed(cfg.seed)
+    return out_dir, w, device
