@@ -163,3 +163,20 @@ def collate_rankings(examples: list[dict], pad_id: int) -> dict:
         "best": best_t, "best_loss_mask": loss_mask[best_t],
         "groups": [e.get("group") for e in examples],
     }
+
+
+def load_preference_pairs(source, format: str | None = None, split: str = "train") -> Rows:
+    """Preference pairs [{"prompt", "chosen", "rejected", "margin"}] from a pair file (as
+    `load_preferences` reads it) or a ranked file, whose every prompt gives all its ordered pairs
+    (response i chosen over j whenever i ranks better; ties give none): what pairwise trainers such
+    as DPO train on. A pair file gives exactly its own pairs."""
+    ranked = load_rankings(source, format=format, split=split)  # a pair file: K = 2, ranks [1, 2]
+    out = Rows(stats={**ranked.stats, "pairs": 0})
+    for row in ranked:
+        items = list(zip(row["responses"], row["ranks"]))
+        for better, rank_b in items:
+            for worse, rank_w in items:
+                if rank_b < rank_w:
+                    out.append({"prompt": row["prompt"], "chosen": better, "rejected": worse, "margin": row["margin"]})
+    out.stats["pairs"] = len(out)
+    return out

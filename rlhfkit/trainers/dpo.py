@@ -38,9 +38,10 @@ class DPOConfig(SupervisedConfig):
     model: str = option(help="policy to start from (usually the SFT output folder); also the reference: "
                              "a local folder or a hub name")
     data: str = option(help="preference pairs: prompt/chosen/rejected (strings or chats), HH-RLHF, SHP, WebGPT "
-                            "or Summarize-from-Feedback layouts (.jsonl/.json/.parquet/.csv/folder/hub)")
+                            "or Summarize-from-Feedback layouts, or rankings of several responses (every ordered "
+                            "pair is trained on) (.jsonl/.json/.parquet/.csv/folder/hub)")
     data_format: str | None = option(None, "force the row format instead of detecting it",
-                                     choices=(None, *(name for name, _, _ in PREFERENCE_FORMATS)))
+                                     choices=(None, *(name for name, _, _ in PREFERENCE_FORMATS), "ranked"))
     loss: str = option("sigmoid", "preference loss: sigmoid (DPO), cdpo (label smoothing), ipo, simpo "
                                   "(reference-free); docs/dpo.md", choices=tuple(PREFERENCE_LOSSES))
     beta: float = option(0.1, "inverse temperature of the implicit reward beta * log(pi / pi_ref); IPO's tau; "
@@ -270,7 +271,8 @@ def _held_out_prompts(cfg: DPOConfig, rows: list[dict], tokenizer) -> list[dict]
 
 def train_dpo(cfg: DPOConfig) -> dict:
     """Train the policy end to end; returns {"output", "final", "reference_cache", eval metrics, data counts}."""
-    from rlhfkit.data import load_preferences, split_train_eval, tokenize_preferences
+    from rlhfkit.data import split_train_eval, tokenize_preferences
+    from rlhfkit.data.rankings import load_preference_pairs
     from rlhfkit.models import load_causal_lm, load_tokenizer, save_model
     from rlhfkit.trainers.distributed import barrier
 
@@ -281,9 +283,9 @@ def train_dpo(cfg: DPOConfig) -> dict:
     if cfg.lora_r:
         from rlhfkit.models import apply_lora
         policy = apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha)
-    rows = load_preferences(cfg.data, format=cfg.data_format)
+    rows = load_preference_pairs(cfg.data, format=cfg.data_format)
     if cfg.eval_data:
-        train_rows, eval_rows = rows, load_preferences(cfg.eval_data, format=cfg.data_format)
+        train_rows, eval_rows = rows, load_preference_pairs(cfg.eval_data, format=cfg.data_format)
     else:
         train_rows, eval_rows = split_train_eval(rows, cfg.eval_fraction, seed=cfg.seed)
     train, stats = tokenize_preferences(train_rows, tokenizer, cfg.max_length, overlong=cfg.overlong)

@@ -97,3 +97,22 @@ def test_mixing_weights_and_specs():
     assert mix_parts([a, b], [None, None]) == a + b
     with pytest.raises(DataError, match="every data file"):
         mix_parts([a, b], [0.5, None])
+
+
+def test_preference_pairs_from_rankings_and_from_pairs(tmp_path):
+    import json
+
+    from rlhfkit.data import load_preferences
+    from rlhfkit.data.rankings import load_preference_pairs
+
+    ranked = tmp_path / "ranked.jsonl"
+    ranked.write_text(json.dumps({"prompt": "p", "responses": ["a", "b", "c"], "ranking": [2, 1, 2]}) + "\n")
+    pairs = load_preference_pairs(str(ranked))
+    # b beats a and c; a and c tie: no pair between them
+    assert sorted((r["chosen"], r["rejected"]) for r in pairs) == [("b", "a"), ("b", "c")]
+    flat = tmp_path / "pairs.jsonl"
+    flat.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"x{i}", "rejected": f"y{i}"}) + "\n"
+                            for i in range(3)))
+    same = load_preferences(str(flat))
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in load_preference_pairs(str(flat))] == \
+        [(r["prompt"], r["chosen"], r["rejected"]) for r in same]

@@ -167,6 +167,9 @@ FORMAT_ROWS = {
                                           "choice": 1},
     "prompt_chosen_rejected": lambda w: {"prompt": [{"role": "user", "content": f"review : {w}"}],
                                          "chosen": f"the {w} is good", "rejected": f"the {w} is bad"},
+    # a ranking of two responses: one ordered pair per row, as the pair formats
+    "ranked": lambda w: {"prompt": f"review : {w}", "responses": [f"the {w} is bad", f"the {w} is good"],
+                         "ranking": [2, 1]},
 }
 
 
@@ -178,6 +181,17 @@ def test_every_preference_format(fmt, tiny_dir, data_dir, tmp_path):
     result = train_dpo(dpo_config(tiny_dir, data_dir, tmp_path / "out", data=data, epochs=1, eval_kl_prompts=0,
                                   max_length=64))
     assert result["data/kept"] == 6 and torch.isfinite(torch.tensor(result["eval/loss"]))
+
+
+def test_rankings_give_every_ordered_pair(tiny_dir, data_dir, tmp_path):
+    from rlhfkit.trainers.dpo import train_dpo
+
+    rows = [{"prompt": f"review : {w}", "responses": [f"the {w} is bad", f"the {w} is good", f"the {w} is ok"],
+             "ranking": [3, 1, 2]} for w in ("movie", "phone")] * 4
+    data = write_jsonl(tmp_path / "ranked.jsonl", rows)
+    result = train_dpo(dpo_config(tiny_dir, data_dir, tmp_path / "out", data=data, epochs=1, eval_kl_prompts=0,
+                                  max_length=64, eval_fraction=0.25))
+    assert result["data/kept"] == 18  # 3 ordered pairs from each of the 6 training prompts
 
 
 def test_config_errors_name_the_field(tiny_dir, data_dir, tmp_path):
