@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from rlhfkit.algos.kl import last_valid_index
+
 
 @dataclass
 class Experience:
@@ -70,8 +72,6 @@ class Experience:
     @property
     def last_index(self) -> torch.Tensor:
         """(N,) column in input_ids of each row's last valid token (its EOS, stop or last response token)."""
-        from rlhfkit.algos.kl import last_valid_index
-
         return self.prompt_length + last_valid_index(self.response_mask)
 
     def to(self, device) -> Experience:

@@ -108,8 +108,7 @@ class Algorithm:
     n: int  # samples per prompt
     kl_placement: str  # "reward", "reward-end" or "loss"
     kl_estimator: str
-    kl_in_loss: bool
-    reward_kl_coef: bool  # the KL penalty is charged in the reward (per token, or summed at the end)
+    kl_in_loss: bool  # else the KL penalty is charged in the reward (per token, or summed at the end)
     kl_at_end: bool  # "reward-end": the response's summed KL charged at its last token
     needs_reference: bool  # kl_coef > 0, or PRIME's implicit rewards
     whiten: bool
@@ -165,7 +164,7 @@ def resolve_algorithm(cfg) -> Algorithm:
         policy_loss=spec.policy_loss if spec.update == "gradient" else None, update=spec.update,
         critic=spec.critic, process_reward=spec.process_reward, n=n, kl_placement=placement,
         kl_estimator=_kl_estimator(cfg, spec, placement), kl_in_loss=placement == "loss",
-        reward_kl_coef=placement != "loss", kl_at_end=placement == "reward-end", needs_reference=cfg.kl_coef > 0 or spec.process_reward,
+        kl_at_end=placement == "reward-end", needs_reference=cfg.kl_coef > 0 or spec.process_reward,
         whiten=spec.whiten if cfg.whiten_advantages is None else cfg.whiten_advantages,
         loss_agg=cfg.loss_agg or spec.loss_agg, clip_eps=spec.clip_eps if cfg.clip_eps is None else cfg.clip_eps,
         clip_eps_high=spec.clip_eps_high if cfg.clip_eps_high is None else cfg.clip_eps_high,

@@ -25,7 +25,8 @@ import torch
 from rlhfkit.algos.dpo import PREFERENCE_LOSSES, PreferenceInputs, preference_loss
 from rlhfkit.config import ConfigError, option
 from rlhfkit.data.preferences import PREFERENCE_FORMATS
-from rlhfkit.trainers.supervised import SupervisedConfig, SupervisedStage, begin_stage, run_supervised
+from rlhfkit.trainers.supervised import (SupervisedConfig, SupervisedStage, begin_stage, load_language_model,
+                                         run_supervised)
 
 CACHE_NAME = "reference_logps.pt"
 CACHE_VERSION = 1
@@ -273,16 +274,12 @@ def train_dpo(cfg: DPOConfig) -> dict:
     """Train the policy end to end; returns {"output", "final", "reference_cache", eval metrics, data counts}."""
     from rlhfkit.data import split_train_eval, tokenize_preferences
     from rlhfkit.data.rankings import load_preference_pairs
-    from rlhfkit.models import load_causal_lm, load_tokenizer, save_model
+    from rlhfkit.models import save_model
     from rlhfkit.trainers.distributed import barrier
 
     out_dir, w, device = begin_stage(cfg)
     # 1. policy and pairs
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    policy = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
-    if cfg.lora_r:
-        from rlhfkit.models import apply_lora
-        policy = apply_lora(policy, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    tokenizer, policy = load_language_model(cfg, device)
     rows = load_preference_pairs(cfg.data, format=cfg.data_format)
     if cfg.eval_data:
         train_rows, eval_rows = rows, load_preference_pairs(cfg.eval_data, format=cfg.data_format)

@@ -109,7 +109,7 @@ def shape_rewards(cfg, algo, exp: Experience, kl_coef: float, moments, baseline,
         kl_tok = A.kl_divergence(exp.logprobs, ref, "k1") * mask  # (B, R)
         metrics["kl/mean"] = float(kl_tok.sum(-1).mean())
         metrics["kl/token_mean"] = float(A.masked_mean(kl_tok, mask))
-        rewards = A.kl_shaped_rewards(scores, exp.logprobs, ref, mask, kl_coef if algo.reward_kl_coef else 0.0,
+        rewards = A.kl_shaped_rewards(scores, exp.logprobs, ref, mask, 0.0 if algo.kl_in_loss else kl_coef,
                                       estimator=algo.kl_estimator, at_end=algo.kl_at_end)
     else:
         metrics["kl/mean"] = 0.0

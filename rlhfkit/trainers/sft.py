@@ -9,8 +9,8 @@ import torch
 
 from rlhfkit.config import ConfigError, option
 from rlhfkit.trainers.common import sft_token_loss
-from rlhfkit.trainers.supervised import (SupervisedConfig, SupervisedStage, begin_stage, run_supervised,
-                                         shard_for)
+from rlhfkit.trainers.supervised import (SupervisedConfig, SupervisedStage, begin_stage, load_language_model,
+                                         run_supervised, shard_for)
 
 
 @dataclass(kw_only=True)
@@ -49,15 +49,11 @@ def eval_loss(model, examples: list, collate, batch_size: int) -> dict:
 def train_sft(cfg: SFTConfig) -> dict:
     """Run SFT end to end; returns {"output", "final", eval metrics, data counts}."""
     from rlhfkit.data import collate_sft, load_sft, pack_sft, split_train_eval, tokenize_sft
-    from rlhfkit.models import load_causal_lm, load_tokenizer, save_model
+    from rlhfkit.models import load_causal_lm, save_model
     from rlhfkit.trainers.distributed import barrier
 
     out_dir, w, device = begin_stage(cfg)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
-    if cfg.lora_r:
-        from rlhfkit.models import apply_lora
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    tokenizer, model = load_language_model(cfg, device)
     shard_for(cfg, w, model)
 
     rows = load_sft(cfg.data, format=cfg.data_format)

@@ -217,3 +217,14 @@ def begin_stage(cfg):
         save_config(cfg, out_dir)
     set_seed(cfg.seed)
     return out_dir, w, device
+
+
+def load_language_model(cfg, device):
+    """(tokenizer, causal LM) of a stage's `model`, with fresh LoRA adapters when `lora_r` > 0 (SFT, DPO)."""
+    from rlhfkit.models import apply_lora, load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=cfg.trust_remote_code)
+    if cfg.lora_r:
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    return tokenizer, model
