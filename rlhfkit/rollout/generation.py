@@ -117,6 +117,17 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def stop_string_hits(tokenizer, tail_ids: torch.Tensor, stop_strings) -> list[bool]:
+    """Does each row's tail (A, w) of generated ids, decoded without special tokens, contain a stop string?"""
+    tails = tokenizer.batch_decode(tail_ids, skip_special_tokens=True)
+    return [any(s in text for s in stop_strings) for text in tails]
+
+
+def stop_string_window(stop_strings) -> int:
+    """Generated tokens to decode per check: more than any stop string can span."""
+    return max(len(s) for s in stop_strings) + 4
+
+
 def _stop_string_criteria(tokenizer, stop_strings, prompt_length: int, n_rows: int):
     """A stopping criterion that also records, per row, how many tokens completed a stop string.
 
@@ -125,7 +136,7 @@ def _stop_string_criteria(tokenizer, stop_strings, prompt_length: int, n_rows: i
     """
     from transformers import StoppingCriteria
 
-    window = max(len(s) for s in stop_strings) + 4
+    window = stop_string_window(stop_strings)
 
     class StopStrings(StoppingCriteria):
         def __init__(self):
@@ -133,9 +144,9 @@ def _stop_string_criteria(tokenizer, stop_strings, prompt_length: int, n_rows: i
 
         def __call__(self, input_ids, scores, **kwargs):
             generated = input_ids.shape[1] - prompt_length
-            tails = tokenizer.batch_decode(input_ids[:, -min(window, generated):], skip_special_tokens=True)
-            for row, text in enumerate(tails):
-                if self.stop_length[row] < 0 and any(s in text for s in stop_strings):
+            hits = stop_string_hits(tokenizer, input_ids[:, -min(window, generated):], stop_strings)
+            for row, hit in enumerate(hits):
+                if self.stop_length[row] < 0 and hit:
                     self.stop_length[row] = generated
             return (self.stop_length >= 0).to(input_ids.device)
 
@@ -155,7 +166,7 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def _encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens):
+def encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens):
     """Left-padded (B, P) ids and mask, from given ids or by tokenizing the texts."""
     if prompt_ids is None:
         if add_special_tokens is None:
@@ -170,7 +181,16 @@ def _encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens):
     return left_pad(prompt_ids, tokenizer.pad_token_id)
 
 
-def _sharded(model) -> bool:
+def check_prompts(prompts, tokenizer) -> None:
+    """Raise a ValueError saying how to fix prompts that are not a non-empty list of texts, or a tokenizer without pad."""
+    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a non-empty list of strings")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; load it with rlhfkit.models.load_tokenizer "
+                         "(which reuses EOS as pad) or set tokenizer.pad_token")
+
+
+def sharded(model) -> bool:
     """FSDP-sharded weights: every rank must run the same decode steps (each gathers the weights),
     so generation continues until the last rank's responses are done (`synced_gpus`)."""
     from torch.distributed.tensor import DTensor
@@ -198,13 +218,9 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     """
     from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-    if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts must be a non-empty list of strings")
-    if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token; load it with rlhfkit.models.load_tokenizer "
-                         "(which reuses EOS as pad) or set tokenizer.pad_token")
+    check_prompts(prompts, tokenizer)
     device = next(model.parameters()).device
-    ids, mask = _encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens)
+    ids, mask = encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens)
     n = settings.n
     prompt_ids = ids.repeat_interleave(n, dim=0).to(device)  # (N, P)
     prompt_mask = mask.repeat_interleave(n, dim=0).to(device)  # (N, P)
@@ -230,36 +246,55 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     with torch.no_grad(), eval_mode(model), _plain_generation_config(model):
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
                              stopping_criteria=StoppingCriteriaList([stop] if stop else []),
-                             logits_processor=LogitsProcessorList(processors), synced_gpus=_sharded(model))
+                             logits_processor=LogitsProcessorList(processors), synced_gpus=sharded(model))
     step_logits = out.logits if return_logprobs else None  # R tensors (N, V), before any logits processor
     out = out.sequences if return_logprobs else out
     response_ids = out[:, prompt_length:]  # (N, R)
     width = response_ids.shape[1]
 
-    # Length of each response: through the first EOS, or through the token completing a stop string.
-    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=device))  # (N, R)
-    has_eos = is_eos.any(dim=1)
-    eos_length = torch.where(has_eos, is_eos.long().argmax(dim=1) + 1, width)  # (N,)
-    stop_length = stop.stop_length.to(device) if stop else torch.full_like(eos_length, -1)
-    stopped = (stop_length > 0) & (~has_eos | (stop_length < eos_length))
-    length = torch.where(stopped, stop_length, eos_length)  # (N,)
-    eos = has_eos | stopped
-
-    width = max(int(length.max()), 1)
-    columns = torch.arange(width, device=device)
-    response_mask = (columns[None, :] < length[:, None]).float()  # (N, R)
-    response_ids = response_ids[:, :width].masked_fill(response_mask == 0, tokenizer.pad_token_id)
+    stop_length = stop.stop_length.to(device) if stop else None
+    length, eos, stopped = response_ends(response_ids, eos_ids, stop_length)
+    response_ids, response_mask = cut_responses(response_ids, length, tokenizer.pad_token_id)
 
     logprobs = None
     if step_logits is not None:
         # One (N, V) step at a time, no stacked copy; steps past `width` are never read.
         logprobs = torch.stack([torch.log_softmax(step_logits[t].float() / settings.temperature, dim=-1)
-                                .gather(-1, response_ids[:, t, None]).squeeze(-1) for t in range(width)], dim=1)
+                                .gather(-1, response_ids[:, t, None]).squeeze(-1)
+                                for t in range(response_ids.shape[1])], dim=1)
         del step_logits
-    texts = tokenizer.batch_decode([row[:k].tolist() for row, k in zip(response_ids, length.tolist())],
-                                   skip_special_tokens=True)
-    texts = [_truncate_at_stop(t, settings.stop_strings) if s else t for t, s in zip(texts, stopped.tolist())]
     return GenerationResult(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-        response_mask=response_mask, eos=eos, stopped=stopped,
-        prompts=[p for p in prompts for _ in range(n)], responses=texts, logprobs=logprobs)
+        response_mask=response_mask, eos=eos, stopped=stopped, prompts=[p for p in prompts for _ in range(n)],
+        responses=decode_responses(tokenizer, response_ids, length, stopped, settings.stop_strings), logprobs=logprobs)
+
+
+def response_ends(response_ids: torch.Tensor, eos_ids: list[int], stop_length: torch.Tensor | None):
+    """Length of each response: through its first EOS, or through the token completing a stop string.
+
+    response_ids: (N, W) as sampled; stop_length: (N,) tokens generated when a stop string first
+    appeared (-1: never), or None. Returns length (N,) int64, eos (N,) bool and stopped (N,) bool.
+    """
+    width = response_ids.shape[1]
+    is_eos = torch.isin(response_ids, torch.tensor(eos_ids, device=response_ids.device))  # (N, W)
+    has_eos = is_eos.any(dim=1)
+    eos_length = torch.where(has_eos, is_eos.long().argmax(dim=1) + 1, width)  # (N,)
+    stop_length = stop_length if stop_length is not None else torch.full_like(eos_length, -1)
+    stopped = (stop_length > 0) & (~has_eos | (stop_length < eos_length))
+    return torch.where(stopped, stop_length, eos_length), has_eos | stopped, stopped
+
+
+def cut_responses(response_ids: torch.Tensor, length: torch.Tensor, pad_id: int):
+    """(N, W) sampled ids and lengths (N,) -> right-padded ids (N, R) with R = max length, and their mask (N, R)."""
+    width = max(int(length.max()), 1)
+    columns = torch.arange(width, device=response_ids.device)
+    response_mask = (columns[None, :] < length[:, None]).float()  # (N, R)
+    return response_ids[:, :width].masked_fill(response_mask == 0, pad_id), response_mask
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, length: torch.Tensor, stopped: torch.Tensor,
+                     stop_strings) -> list[str]:
+    """N response texts without padding and EOS, each cut after its stop string if stopped."""
+    texts = tokenizer.batch_decode([row[:k].tolist() for row, k in zip(response_ids, length.tolist())],
+                                   skip_special_tokens=True)
+    return [_truncate_at_stop(t, stop_strings) if s else t for t, s in zip(texts, stopped.tolist())]

@@ -70,6 +70,18 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0)
     return logits
 
 
+def keyed_gumbel_scores(scores: torch.Tensor, keys: torch.Tensor, position: int, temperature: float = 1.0,
+                        top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """logits / T, filtered by top-k / top-p, plus the keyed Gumbel noise of `position`: (N, V) float32.
+
+    scores: (N, V) logits of the token at generated position `position`; keys: (N,) int64. The
+    argmax of the result is a sample of the filtered softmax(logits / T), a pure function of (key, position).
+    """
+    z = filter_top_k_top_p(scores.float() / temperature, top_k, top_p)  # (N, V)
+    u = uniforms(keys, position, z.shape[-1])
+    return z - torch.log(-torch.log(u))
+
+
 class SeededSampling:
     """A `LogitsProcessor` for greedy `generate` that turns argmax into a keyed sample.
 
@@ -86,6 +98,5 @@ class SeededSampling:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[0] != self.keys.shape[0]:
             raise ValueError(f"{scores.shape[0]} rows to sample but {self.keys.shape[0]} keys")
-        z = filter_top_k_top_p(scores.float() / self.temperature, self.top_k, self.top_p)  # (N, V)
-        u = uniforms(self.keys.to(z.device), input_ids.shape[1] - self.prompt_length, z.shape[-1])
-        return z - torch.log(-torch.log(u))
+        return keyed_gumbel_scores(scores, self.keys.to(scores.device), input_ids.shape[1] - self.prompt_length,
+                                   self.temperature, self.top_k, self.top_p)
