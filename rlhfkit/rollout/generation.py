@@ -182,7 +182,7 @@ def encode_prompts(tokenizer, prompts, prompt_ids, add_special_tokens):
 
 
 def check_prompts(prompts, tokenizer) -> None:
-    """Raise a ValueError saying how to fix prompts that are not a non-empty list of texts, or a tokenizer without pad."""
+    """Raise a ValueError (saying how to fix it) unless prompts is a non-empty list of texts and tokenizer has a pad."""
     if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings")
     if tokenizer.pad_token_id is None:
@@ -249,9 +249,7 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
                              logits_processor=LogitsProcessorList(processors), synced_gpus=sharded(model))
     step_logits = out.logits if return_logprobs else None  # R tensors (N, V), before any logits processor
     out = out.sequences if return_logprobs else out
-    response_ids = out[:, prompt_length:]  # (N, R)
-    width = response_ids.shape[1]
-
+    response_ids = out[:, prompt_length:]  # (N, W)
     stop_length = stop.stop_length.to(device) if stop else None
     length, eos, stopped = response_ends(response_ids, eos_ids, stop_length)
     response_ids, response_mask = cut_responses(response_ids, length, tokenizer.pad_token_id)

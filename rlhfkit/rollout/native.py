@@ -69,9 +69,10 @@ def _choose(logits: torch.Tensor, settings: GenerationSettings, keys: torch.Tens
     return torch.multinomial(probs, num_samples=1).squeeze(1)
 
 
-def _decode(model, tokenizer, logits, cache, mask, settings, keys, eos_ids, want_logprobs):
+def _decode(step, tokenizer, logits, cache, mask, settings, keys, eos_ids, want_logprobs):
     """The decode loop over N rows whose prefill is in `cache` and whose next-token logits are `logits` (N, V).
 
+    step(ids (A, 1), attention mask (A, T) or None, position ids (A, 1)) -> next logits (A, V), growing `cache`;
     mask: (N, P) prompt mask; keys: (N,) row keys or None. Returns the sampled ids (N, W) (pad after a
     row's end), stop_length (N,) or None, logprobs (N, W) or None, and the decode positions computed.
     """
@@ -84,7 +85,6 @@ def _decode(model, tokenizer, logits, cache, mask, settings, keys, eos_ids, want
     rows = torch.arange(n_rows, device=device)  # (A,) the result rows still running, in cache order
     positions = mask.sum(dim=1, keepdim=True)  # (A, 1) position of the next token (counting valid tokens only)
     attention = None if bool(mask.all()) else mask  # HF drops an all-ones mask too (same attention kernel)
-    keep_one = "logits_to_keep" in inspect.signature(unwrap_peft(model)[0].forward).parameters
     computed = 0
     for t in range(width):
         chosen = _choose(logits, settings, None if keys is None else keys[rows], t)  # (A,)
@@ -107,7 +107,7 @@ def _decode(model, tokenizer, logits, cache, mask, settings, keys, eos_ids, want
             attention = None if attention is None else attention[keep]
         if attention is not None:
             attention = torch.cat([attention, attention.new_ones(len(rows), 1)], dim=1)
-        logits = _forward(model, chosen[:, None], attention, positions, cache, keep_one)
+        logits = step(chosen[:, None], attention, positions)
         positions = positions + 1
         computed += len(rows)
     return tokens, stop_length, logprobs, computed
@@ -146,7 +146,10 @@ def native_generate(model, tokenizer, prompts: list[str], settings: GenerationSe
             logits = logits.repeat_interleave(n, dim=0)  # (N, V)
         prompt_mask = mask.repeat_interleave(n, dim=0)  # (N, P)
         # 2. Decode, dropping each row as it ends.
-        tokens, stop_length, logprobs, decoded = _decode(model, tokenizer, logits, cache, prompt_mask, settings,
+        def step(next_ids, attention_mask, position_ids):
+            return _forward(model, next_ids, attention_mask, position_ids, cache, keep_one)
+
+        tokens, stop_length, logprobs, decoded = _decode(step, tokenizer, logits, cache, prompt_mask, settings,
                                                          keys, eos_ids, want_logprobs)
     length, eos, stopped = response_ends(tokens, eos_ids, stop_length)
     response_ids, response_mask = cut_responses(tokens, length, tokenizer.pad_token_id)
