@@ -1,11 +1,14 @@
 """The native engine samples what HF generate samples, while computing only the positions it needs.
 
-Mutations tried (each makes a test here fail; see the commit message):
-- seeded draws keyed by cache row instead of result row (`keys` not indexed by the running rows);
-- finished rows kept in the decode batch (no `batch_select_indices`): stats no longer equal the forwards' needs;
-- the decode position not advanced (`positions + 1` dropped);
-- logprobs at temperature 1 instead of T; the unseeded draw without top-p, or at temperature 1;
-- the fallback check skipped, or its warning logged on every call.
+Mutations tried (each makes a test here fail):
+- seeded draws keyed by cache row instead of result row (`keys[:len(rows)]`): same tokens, key-only rows;
+- finished rows kept in the decode batch (no `batch_select_indices`): same tokens (stop strings), stats;
+- the decode position not advanced (`positions + 1` dropped): same tokens;
+- logprobs at temperature 1 instead of T: logprobs vs forward;
+- the unseeded draw without top-p, or at temperature 1: the chi-square test;
+- the fallback check skipped, or its warning logged on every call: fallback;
+- HF's decode counted as N x R instead of N x (R - 1): stats vs the counted forwards;
+- add_special_tokens not passed on: prompt ids / special tokens.
 """
 
 from __future__ import annotations
@@ -97,6 +100,20 @@ def test_families_same_tokens_as_hf(name):
     expected = hf.last_stats if native_unsupported(model) else {**hf.last_stats, "prefill_positions_computed":
                                                                   a.prompt_ids.shape[1] * len(prompts)}
     assert native.last_stats["prefill_positions_computed"] == expected["prefill_positions_computed"]
+
+
+def test_prompt_ids_and_special_tokens_as_hf():
+    tok, model = _family("llama3")  # a chat template: texts are tokenized without BOS unless asked
+    prompts = ["what is 1 + 2 ?", "hi"]
+    settings = GenerationSettings(max_new_tokens=5, n=2)
+    keys = row_keys(0, 3, torch.arange(4))
+    hf, native = make_engine("hf", model, tok), make_engine("native", model, tok)
+    with_bos = native.generate(prompts, settings, row_keys=keys, add_special_tokens=True)
+    assert_same_result(hf.generate(prompts, settings, row_keys=keys, add_special_tokens=True), with_bos)
+    assert with_bos.prompt_ids[0, 0] == tok.bos_token_id
+    assert native.generate(prompts, settings, row_keys=keys).prompt_ids[0, 0] != tok.bos_token_id
+    given = tok(prompts, add_special_tokens=True)["input_ids"]
+    assert_same_result(native.generate(prompts, settings, prompt_ids=given, row_keys=keys), with_bos)
 
 
 def test_a_rows_tokens_depend_only_on_its_key(policy, tiny_tokenizer):
