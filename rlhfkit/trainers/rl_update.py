@@ -18,7 +18,8 @@ from rlhfkit.models import response_logits, response_logprobs
 from rlhfkit.models.packing import bin_rows, enable_padding_free
 from rlhfkit.rollout import Experience
 from rlhfkit.trainers.common import TrainingError, check_finite, clip_gradients, sft_token_loss
-from rlhfkit.trainers.distributed import (World, all_reduce_grads, loss_scale, max_over_ranks, sum_dict)
+from rlhfkit.trainers.distributed import (World, all_reduce_grads, balance_rows, loss_scale, max_over_ranks,
+                                          sum_dict)
 
 
 @dataclass
@@ -56,12 +57,21 @@ class Shard:
     """Where a rank's rows sit in the global batch of a data-parallel step.
 
     The rank holds global rows [offset, offset + n); `loss_mask` (N, R_max) is the global batch's,
-    so every rank forms the same minibatches and divides by the same normalizers.
+    so every rank forms the same minibatches and divides by the same normalizers. With `tokens`
+    (N,) the rank holds every global row (offset 0) and updates on its token-balanced share of each
+    minibatch (`balance_rows`) instead of the rows it generated.
     """
 
     offset: int
     loss_mask: torch.Tensor  # (N, R_max)
     world: World = field(default_factory=World)
+    tokens: torch.Tensor | None = None  # (N,) valid tokens per global row, when balancing by tokens
+
+    def mine(self, rows: torch.Tensor, local_n: int) -> torch.Tensor:
+        """This rank's rows (local indices) of the global minibatch `rows` (M,)."""
+        if self.tokens is not None:
+            return balance_rows(rows, self.tokens[rows], self.world.size)[self.world.rank]
+        return rows[(rows >= self.offset) & (rows < self.offset + local_n)] - self.offset
 
 
 def set_padding_free(models, on: bool) -> None:
@@ -179,7 +189,7 @@ def run_updates(ctx: UpdateContext, step: int, batch: Experience, update_policy:
         order = torch.randperm(n, generator=gen) if mb_size < n else torch.arange(n)
         for start in range(0, n, mb_size):
             rows = order[start:start + mb_size]  # global row indices
-            mine = rows[(rows >= shard.offset) & (rows < shard.offset + local_n)] - shard.offset
+            mine = shard.mine(rows, local_n)
             try:
                 sums = _minibatch_update(ctx, step, batch.select(mine), policy, acc, shard.loss_mask[rows],
                                          shard.world, filler)

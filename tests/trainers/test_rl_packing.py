@@ -6,6 +6,8 @@ Mutations that make these tests fail (each tried):
 - `set_padding_free` passing on=True whatever the config (`padding_free: false` packs).
 - `enable_padding_free` skipping the critic (no packed value forward).
 - the config check of micro_batch_tokens < 0 removed.
+- `balance_rows` giving every row to the rank with the most tokens (or to rank 0); `Shard.mine`
+  ignoring `tokens`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ def test_micro_batches_fit_the_token_budget():
     # first fit, longest first: 13 | 13 | 10 (room 2) | 7 + 4 (room 1) | 3 (fits nowhere)
     assert [p.tolist() for p in parts] == [[1], [5], [0], [2, 4], [3]]
     assert [p.tolist() for p in micro_batches(exp, rows=4)] == [[0, 1, 2, 3], [4, 5]]  # tokens 0: rows as before
+
+
+def test_ranks_share_a_minibatch_by_tokens():
+    from rlhfkit.trainers.distributed import World, balance_rows
+    from rlhfkit.trainers.rl_update import Shard
+
+    rows = torch.tensor([7, 2, 5, 0, 3])
+    tokens = torch.tensor([10, 40, 15, 5, 30])
+    # longest first to the lightest rank: 40 -> r0, 30 -> r1, 15 -> r1 (45), 10 -> r0 (50), 5 -> r1 (50)
+    parts = balance_rows(rows, tokens, 2)
+    assert [p.tolist() for p in parts] == [[7, 2], [5, 0, 3]]
+    assert [int(tokens[torch.isin(rows, p)].sum()) for p in parts] == [50, 50]
+    everything = torch.zeros(8, dtype=torch.long)
+    everything[rows] = tokens
+    shard = Shard(0, torch.ones(8, 4), World(rank=1, size=2), tokens=everything)
+    assert shard.mine(rows, 8).tolist() == [5, 0, 3]
+    by_count = Shard(4, torch.ones(8, 4), World(rank=1, size=2))  # without tokens: the rows it holds, 4..7
+    assert by_count.mine(rows, 4).tolist() == [3, 1]
 
 
 def _count_packs(monkeypatch):
