@@ -166,6 +166,24 @@ def test_models_that_ignore_positions_fall_back_to_padding(wrapper, caplog):
     torch.testing.assert_close(out * resp_mask, ref * resp_mask, atol=1e-6, rtol=0)
 
 
+class _NoPackedDetection(_PositionsFromMask):
+    """Passes a 4D mask through, but replaces a missing mask by all ones (no packed-sequence detection)."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False)
+
+
+def test_a_sliding_window_model_never_gets_a_block_mask():
+    # positions mode fails for this wrapper; the 4D mask would pass the short probe but replace the window
+    _, inner = _family("mistral")
+    assert choose_mode(_NoPackedDetection(inner))[0] is None
+    _, inner = _family("llama3")  # no window: the 4D mask is taken
+    assert choose_mode(_NoPackedDetection(inner))[0] == "mask"
+
+
 def test_off_is_the_padded_path_and_the_probe_runs_once(monkeypatch):
     vocab, model = _family("qwen2")
     assert enable_padding_free(model, on=False) is None and padding_free_mode(model) is None
