@@ -170,7 +170,8 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
         "sampling": ("prompts_per_step", "n", "max_prompt_length", "overlong", "max_new_tokens", "temperature",
                      "top_p", "top_k", "stop_strings", "seeded_sampling", "engine"),
         "optimization": ("steps", "lr", "weight_decay", "warmup_steps", "max_grad_norm", "loss_agg",
-                         "minibatch_size", "micro_batch_size", "micro_batch_tokens", "padding_free", "entropy_coef", "ptx_coef", "ptx_data"),
+                         "minibatch_size", "micro_batch_size", "micro_batch_tokens", "padding_free", "entropy_coef",
+                         "ptx_coef", "ptx_data"),
         "KL to the reference": ("kl_coef", "kl_target", "kl_horizon", "kl_estimator", "kl_placement"),
         "policy loss (PPO, TRPO, PRIME)": (
             "ppo_epochs", "clip_eps", "clip_eps_high", "dual_clip", "penalty_coef", "penalty_target", "max_kl",
