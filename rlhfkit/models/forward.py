@@ -12,6 +12,7 @@ import torch
 
 from rlhfkit.algos.logprobs import logprobs_and_entropy
 from rlhfkit.algos.masking import position_ids_from_mask  # noqa: F401  (re-exported)
+from rlhfkit.models.packing import Packing, pack, packed_kwargs, padding_free_mode
 
 
 _CHUNK_ELEMENTS = 1 << 21  # logits per row chunk in logprobs_and_entropy
@@ -37,6 +38,13 @@ def response_logits(model, input_ids, attention_mask, position_ids, response_len
     after the row (kept because `logits_to_keep` counts from the end; dropped by callers).
     Only R + 1 positions go through the LM head when the model supports `logits_to_keep`.
     """
+    mode = padding_free_mode(model)
+    if mode is not None:
+        logits, packing, cols = _packed_response_logits(model, input_ids, attention_mask, position_ids,
+                                                        response_length, mode)
+        where = _response_positions(packing, cols, logits.shape[1], response_length + 1)  # (B, R + 1)
+        flat = logits.reshape(-1, logits.shape[-1])[where.clamp(min=0)]  # (B, R + 1, V)
+        return flat.masked_fill((where < 0)[..., None], 0.0)
     keep = response_length + 1
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     name = _logits_to_keep_name(model)
@@ -65,6 +73,10 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
                          f"got {response_length}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    mode = padding_free_mode(model)
+    if mode is not None:
+        return _packed_response_logprobs(model, input_ids, attention_mask, position_ids, response_length, mode,
+                                         temperature, return_entropy)
     logits = response_logits(model, input_ids, attention_mask, position_ids, response_length)  # (B, R+1, V)
     # One pass over all B x (R + 1) rows (not a loop over the batch: B separate slices made autograd
     # allocate B full-size gradient buffers). The last column predicts past the row's end; it gets a
@@ -78,6 +90,59 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if return_entropy:
         return logprobs[:, :-1], entropy[:, :-1]
     return logprobs[:, :-1]
+
+
+def _packed_response_logits(model, input_ids, attention_mask, position_ids, response_length: int, mode: str):
+    """Logits of the packed rows at the columns some response token needs: (K, C, V), the Packing and cols (C,).
+
+    Only the C columns that predict a response token (in any packed row) go through the LM head
+    when the model takes a tensor `logits_to_keep`; otherwise all L columns do (cols = arange(L)).
+    """
+    packing = pack(input_ids, attention_mask, position_ids)
+    # column T - R - 1 + t predicts response token t (the last prompt token predicts the first)
+    needed = packing.index[:, -response_length - 1:-1]  # (B, R)
+    needed = needed[attention_mask[:, -response_length:].bool() & (needed >= 0)]
+    length = packing.shape[1]
+    kwargs = packed_kwargs(model, packing, mode)
+    name = _logits_to_keep_name(model)
+    if name == "logits_to_keep":  # transformers >= 4.50 also takes the columns themselves
+        cols = torch.unique(needed % length) if needed.numel() else needed.new_zeros(1)
+        kwargs[name] = cols
+    else:
+        cols = torch.arange(length, device=input_ids.device)
+    return model(**kwargs).logits, packing, cols
+
+
+def _response_positions(packing: Packing, cols: torch.Tensor, kept: int, width: int) -> torch.Tensor:
+    """(B, width) flat index into the (K, kept) packed logits of the last `width` - 1 tokens' predecessors
+    and each row's last column; -1 where the padded row has no token there."""
+    length = packing.shape[1]
+    where = torch.full((length,), -1, dtype=torch.long, device=cols.device)
+    where[cols] = torch.arange(len(cols), device=cols.device)  # packed column -> kept column
+    index = packing.index[:, -width:]  # (B, width): column T - width + j predicts token T - width + j + 1
+    row, col = index.div(length, rounding_mode="floor"), where[index.remainder(length)]
+    return torch.where((index >= 0) & (col >= 0), row * kept + col, torch.full_like(index, -1))
+
+
+def _packed_response_logprobs(model, input_ids, attention_mask, position_ids, response_length: int, mode: str,
+                              temperature: float, return_entropy: bool):
+    """`response_logprobs` on packed rows: log-probabilities of the (K, C) kept packed positions, each
+    labelled with the next packed token, gathered into (B, R); 0 where the response has no token."""
+    logits, packing, cols = _packed_response_logits(model, input_ids, attention_mask, position_ids,
+                                                    response_length, mode)
+    ids = packing.input_ids
+    labels = torch.cat([ids[:, 1:], ids.new_zeros(ids.shape[0], 1)], dim=1)[:, cols]  # (K, C) next packed token
+    chunk = max(1, _CHUNK_ELEMENTS // logits.shape[-1])
+    logprobs, entropy = logprobs_and_entropy(logits, labels, temperature=temperature, chunk_size=chunk,
+                                             with_entropy=return_entropy)
+    where = _response_positions(packing, cols, logits.shape[1], response_length + 1)[:, :-1]  # (B, R)
+    # the source of a valid response token is valid (rows are contiguous), so -1 marks padding only
+    valid = (where >= 0) & attention_mask[:, -response_length:].bool()
+
+    def unpack(x):  # (K, C) -> (B, R), 0 off the responses
+        return torch.where(valid, x.reshape(-1)[where.clamp(min=0)], torch.zeros((), dtype=x.dtype, device=x.device))
+
+    return (unpack(logprobs), unpack(entropy)) if return_entropy else unpack(logprobs)
 
 
 def token_logprobs(model, batch: dict) -> torch.Tensor:

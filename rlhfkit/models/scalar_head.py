@@ -17,6 +17,7 @@ from torch import nn
 
 from rlhfkit.algos.kl import last_valid_index
 from rlhfkit.algos.masking import position_ids_from_mask
+from rlhfkit.models.packing import pack, packed_kwargs, padding_free_mode
 
 HEAD_NAMES = ("score", "classifier", "v_head")
 REWARD_STATS_FILE = "rlhfkit_reward.json"
@@ -79,9 +80,17 @@ class ScalarHeadModel(nn.Module):
         self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def hidden_states(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
-        """Last hidden states of the backbone: (B, T) ids, mask, positions -> (B, T, H)."""
+        """Last hidden states of the backbone: (B, T) ids, mask, positions -> (B, T, H).
+
+        Padding-free (`enable_padding_free`): the backbone runs on packed rows and the states are
+        unpacked, zero where attention_mask is 0.
+        """
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
+        mode = padding_free_mode(self)
+        if mode is not None:
+            packing = pack(input_ids, attention_mask, position_ids)
+            return packing.unpack(self.backbone(**packed_kwargs(self.backbone, packing, mode)).last_hidden_state)
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=False)
         return out.last_hidden_state

@@ -119,6 +119,7 @@ class Algorithm:
     batch_size: int  # sequences per step: prompts_per_step x n
     minibatch_size: int  # sequences per optimizer step
     micro_batch_size: int  # sequences per forward/backward
+    micro_batch_tokens: int  # valid tokens per forward/backward (0: micro_batch_size rows instead)
     single_pass: bool  # one gradient step on fresh samples: the rollout's policy forward is skipped
     critic_init: str | None  # folder the critic starts from
     critic_lr: float | None
@@ -169,6 +170,7 @@ def resolve_algorithm(cfg) -> Algorithm:
         loss_agg=cfg.loss_agg or spec.loss_agg, clip_eps=spec.clip_eps if cfg.clip_eps is None else cfg.clip_eps,
         clip_eps_high=spec.clip_eps_high if cfg.clip_eps_high is None else cfg.clip_eps_high,
         ppo_epochs=epochs, batch_size=batch, minibatch_size=minibatch, micro_batch_size=cfg.micro_batch_size or minibatch,
+        micro_batch_tokens=cfg.micro_batch_tokens,
         single_pass=single_pass,
         critic_init=(cfg.critic or cfg.reward_model or cfg.policy) if spec.critic else None,
         critic_lr=(cfg.critic_lr or 5 * cfg.lr) if spec.critic else None,

@@ -195,6 +195,29 @@ def gather_rows(w: World, x: torch.Tensor | None, pad_value=0) -> torch.Tensor |
     return torch.cat(parts)
 
 
+def balance_rows(rows: torch.Tensor, tokens: torch.Tensor, ranks: int) -> list[torch.Tensor]:
+    """Split `rows` (M,) over `ranks` so each rank's total of `tokens` (M,) is about equal.
+
+    Longest row first, each to the rank with the fewest tokens so far (lowest rank on ties); a
+    pure function of its inputs, so every rank computes the same split. Returns each rank's rows,
+    in their order in `rows`.
+    """
+    load = [0] * ranks
+    owner = [0] * len(rows)
+    for i in sorted(range(len(rows)), key=lambda i: (-int(tokens[i]), i)):
+        r = min(range(ranks), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += int(tokens[i])
+    return [rows[[i for i in range(len(rows)) if owner[i] == r]] for r in range(ranks)]
+
+
+def gather_left_padded(w: World, x: torch.Tensor | None, pad_value=0) -> torch.Tensor | None:
+    """`gather_rows` of left-padded rows (prompts): padded on the left to the longest."""
+    if not w.enabled or x is None:
+        return x
+    return gather_rows(w, x.flip(1), pad_value).flip(1)
+
+
 class NullLogger:
     """The metrics logger of ranks other than 0: accepts everything, writes nothing."""
 

@@ -79,6 +79,12 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
     minibatch_size: int | None = option(None, "sequences per optimizer step (default: the whole batch)")
     micro_batch_size: int | None = option(None, "sequences per forward/backward (gradient accumulation; "
                                                 "the gradient equals the whole minibatch's)")
+    micro_batch_tokens: int = option(0, "token budget per forward/backward: micro-batches of rows whose valid "
+                                        "(prompt + response) tokens fit in it, a longer row alone; 0 = "
+                                        "micro_batch_size rows; the gradient equals the whole minibatch's")
+    padding_free: bool = option(True, "run the update's and the rollout's forwards on packed rows (only valid "
+                                      "tokens, no attention across rows) for models where that is exact; "
+                                      "off: padded rows (docs/rl/README.md#padding-free-forwards)")
     lr: float = option(1e-6, "policy learning rate (AdamW)")
     critic_lr: float | None = option(None, "critic learning rate (default: 5 x lr)")
     weight_decay: float = option(0.0, "AdamW weight decay")
@@ -164,7 +170,8 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
         "sampling": ("prompts_per_step", "n", "max_prompt_length", "overlong", "max_new_tokens", "temperature",
                      "top_p", "top_k", "stop_strings", "seeded_sampling", "engine"),
         "optimization": ("steps", "lr", "weight_decay", "warmup_steps", "max_grad_norm", "loss_agg",
-                         "minibatch_size", "micro_batch_size", "entropy_coef", "ptx_coef", "ptx_data"),
+                         "minibatch_size", "micro_batch_size", "micro_batch_tokens", "padding_free", "entropy_coef",
+                         "ptx_coef", "ptx_data"),
         "KL to the reference": ("kl_coef", "kl_target", "kl_horizon", "kl_estimator", "kl_placement"),
         "policy loss (PPO, TRPO, PRIME)": (
             "ppo_epochs", "clip_eps", "clip_eps_high", "dual_clip", "penalty_coef", "penalty_target", "max_kl",
@@ -239,6 +246,11 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
             raise ConfigError(f"minibatch_size {mb} must divide the batch of prompts_per_step x n = {batch}")
         if self.micro_batch_size is not None and (self.micro_batch_size > mb or mb % self.micro_batch_size):
             raise ConfigError(f"micro_batch_size {self.micro_batch_size} must divide minibatch_size {mb}")
+        if self.micro_batch_tokens < 0:
+            raise ConfigError(f"micro_batch_tokens must be >= 0 (0 = micro-batches of micro_batch_size rows), "
+                              f"got {self.micro_batch_tokens}")
+        if self.micro_batch_tokens and self.micro_batch_size is not None:
+            raise ConfigError("give micro_batch_tokens (a token budget) or micro_batch_size (rows), not both")
         if self.kl_coef < 0 or self.temperature <= 0 or self.max_new_tokens < 1:
             raise ConfigError("kl_coef must be >= 0, temperature > 0 and max_new_tokens >= 1")
         if self.kl_target is not None and (self.kl_target <= 0 or self.kl_coef == 0):

@@ -14,12 +14,12 @@ import torch
 
 from rlhfkit import algos as A
 from rlhfkit.data import prompt_fields
-from rlhfkit.models import response_logprobs
+from rlhfkit.models import position_ids_from_mask, response_logprobs
 from rlhfkit.rollout import Experience, make_experience
 from rlhfkit.rollout.remote import scorer_metrics
 from rlhfkit.rollout.seeded import row_keys
-from rlhfkit.trainers.distributed import gather_rows
-from rlhfkit.trainers.rl_update import Shard, UpdateContext, optimizer_step, run_updates
+from rlhfkit.trainers.distributed import gather_left_padded, gather_rows
+from rlhfkit.trainers.rl_update import Shard, UpdateContext, optimizer_step, run_updates, set_padding_free
 
 
 def prompt_batch(rows: list, step: int, per_step: int, seed: int) -> list:
@@ -36,6 +36,7 @@ def rl_step(run, step: int) -> tuple[dict, list]:
     """Step `step` (0-based) of the run: returns (metrics, events); events are (name, message) pairs."""
     cfg, algo, w, models = run.cfg, run.algo, run.world, run.models
     t0 = time.perf_counter()
+    set_padding_free(models, cfg.padding_free)  # decided on the first step, per model: packed or padded forwards
     # 1. rollout: this rank's share of the step's prompts (whole groups, so group statistics stay local),
     #    sampled by the engine, with the policy / reference logprobs, values and 2. the scores
     lo, hi = w.share(cfg.prompts_per_step, "prompts per step")
@@ -58,8 +59,7 @@ def rl_step(run, step: int) -> tuple[dict, list]:
     # 3-4. rewards (scores, KL), advantages, loss mask: filled into the batch
     metrics.update(shape_rewards(cfg, algo, view, run.ctl.kl.value, run.ctl.moments, run.ctl.baseline, process,
                                  run.ctl.return_moments))
-    shard = Shard(lo * n, view.loss_mask, w) if w.enabled else None
-    batch = local_rows(view, exp, lo * n) if w.enabled else view
+    shard, batch = update_rows(w, view, exp, lo * n, balance=algo.micro_batch_tokens > 0)
     # 5-6. policy and critic updates (the critic alone during warm-up)
     t1 = time.perf_counter()
     events = []
@@ -198,6 +198,22 @@ def local_rows(view: Experience, exp: Experience, offset: int) -> Experience:
             if f.name in ("logprobs", "ref_logprobs", "values", "loss_mask", "rewards", "advantages", "returns")
             and getattr(view, f.name) is not None}
     return dataclasses.replace(exp, **crop)
+
+
+def update_rows(w, view: Experience, exp: Experience, offset: int, balance: bool) -> tuple[Shard | None, Experience]:
+    """The rows this rank updates on and its `Shard`: its own rows [offset, offset + n) of the shaped
+    global batch (`local_rows`), or with `balance` (a token budget) every global row with its ids, of
+    which each minibatch's rows are split over the ranks by tokens. One process: the batch itself."""
+    if not w.enabled:
+        return None, view
+    if not balance:
+        return Shard(offset, view.loss_mask, w), local_rows(view, exp, offset)
+    prompt_ids, prompt_mask = gather_left_padded(w, exp.prompt_ids), gather_left_padded(w, exp.prompt_mask)
+    attention_mask = torch.cat([prompt_mask, view.response_mask.to(prompt_mask.dtype)], dim=1)  # (N, P_max + R_max)
+    full = dataclasses.replace(view, prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+                               input_ids=torch.cat([prompt_ids, view.response_ids], dim=1),
+                               attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    return Shard(0, view.loss_mask, w, tokens=attention_mask.sum(-1)), full
 
 
 def update_prm(cfg, models, opt, exp: Experience, step: int) -> tuple[torch.Tensor, dict]:

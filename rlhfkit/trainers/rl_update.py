@@ -15,9 +15,11 @@ import torch
 
 from rlhfkit import algos as A
 from rlhfkit.models import response_logits, response_logprobs
+from rlhfkit.models.packing import bin_rows, enable_padding_free
 from rlhfkit.rollout import Experience
 from rlhfkit.trainers.common import TrainingError, check_finite, clip_gradients, sft_token_loss
-from rlhfkit.trainers.distributed import (World, all_reduce_grads, loss_scale, max_over_ranks, sum_dict)
+from rlhfkit.trainers.distributed import (World, all_reduce_grads, balance_rows, loss_scale, max_over_ranks,
+                                          sum_dict)
 
 
 @dataclass
@@ -55,12 +57,41 @@ class Shard:
     """Where a rank's rows sit in the global batch of a data-parallel step.
 
     The rank holds global rows [offset, offset + n); `loss_mask` (N, R_max) is the global batch's,
-    so every rank forms the same minibatches and divides by the same normalizers.
+    so every rank forms the same minibatches and divides by the same normalizers. With `tokens`
+    (N,) the rank holds every global row (offset 0) and updates on its token-balanced share of each
+    minibatch (`balance_rows`) instead of the rows it generated.
     """
 
     offset: int
     loss_mask: torch.Tensor  # (N, R_max)
     world: World = field(default_factory=World)
+    tokens: torch.Tensor | None = None  # (N,) valid tokens per global row, when balancing by tokens
+
+    def mine(self, rows: torch.Tensor, local_n: int) -> torch.Tensor:
+        """This rank's rows (local indices) of the global minibatch `rows` (M,)."""
+        if self.tokens is not None:
+            return balance_rows(rows, self.tokens[rows], self.world.size)[self.world.rank]
+        return rows[(rows >= self.offset) & (rows < self.offset + local_n)] - self.offset
+
+
+def set_padding_free(models, on: bool) -> None:
+    """Decide once per model whether its forwards run on packed rows (`enable_padding_free`): the
+    policy (and the reference through its disabled adapters), reference, critic, PRM, reward model."""
+    for model in (models.policy, models.reference, models.critic, models.prm,
+                  getattr(models.scorer, "reward_model", None)):
+        if model is not None:
+            enable_padding_free(model, on)
+
+
+def micro_batches(minibatch: Experience, rows: int, tokens: int = 0) -> list[torch.Tensor]:
+    """Row indices of each micro-batch of `minibatch`: consecutive slices of `rows` rows, or with a
+    token budget (tokens > 0) bins of rows whose valid prompt + response tokens add up to at most
+    `tokens` (`bin_rows`: first fit, longest first; a longer row alone)."""
+    n = minibatch.batch_size
+    if tokens <= 0:
+        return [torch.arange(s, min(s + rows, n)) for s in range(0, n, rows)]
+    lengths = minibatch.attention_mask.sum(-1).tolist()
+    return [torch.tensor(b, dtype=torch.long) for b in bin_rows(lengths, tokens)]
 
 
 def _normalizer(mask: torch.Tensor, agg: str) -> float:
@@ -158,7 +189,7 @@ def run_updates(ctx: UpdateContext, step: int, batch: Experience, update_policy:
         order = torch.randperm(n, generator=gen) if mb_size < n else torch.arange(n)
         for start in range(0, n, mb_size):
             rows = order[start:start + mb_size]  # global row indices
-            mine = rows[(rows >= shard.offset) & (rows < shard.offset + local_n)] - shard.offset
+            mine = shard.mine(rows, local_n)
             try:
                 sums = _minibatch_update(ctx, step, batch.select(mine), policy, acc, shard.loss_mask[rows],
                                          shard.world, filler)
@@ -187,22 +218,21 @@ def _minibatch_update(ctx: UpdateContext, step: int, minibatch: Experience, poli
     world: the process group whose gradients and sums are added up.
     """
     cfg, models = ctx.cfg, ctx.models
-    mb_size = minibatch.batch_size
-    micro = ctx.algo.micro_batch_size
+    parts = micro_batches(minibatch, ctx.algo.micro_batch_size, ctx.algo.micro_batch_tokens)
     norm = _normalizer(global_mask, ctx.algo.loss_agg)
     vnorm = _normalizer(global_mask, "token-mean")
     seqs = float(global_mask.shape[0])
-    sums = policy.start(ctx, step, minibatch, micro) if policy is not None else {}
+    sums = policy.start(ctx, step, minibatch, parts) if policy is not None else {}
     # FSDP averages gradients over ranks; the losses are already divided by global normalizers,
     # so a sharded model's loss is scaled by the world size to make the reduction a sum.
     scale = loss_scale(world, [models.policy])
     vscale = loss_scale(world, [models.critic]) if models.critic is not None else 1.0
-    n_micro = -(-mb_size // micro)
+    n_micro = len(parts)
     if scale != 1.0 or vscale != 1.0:
         n_micro = max_over_ranks(world, n_micro)
     for i in range(n_micro):
-        real = i * micro < mb_size
-        mb = minibatch.select(torch.arange(i * micro, min((i + 1) * micro, mb_size))) if real else filler
+        real = i < len(parts)
+        mb = minibatch.select(parts[i]) if real else filler
         weight = float(mb.loss_mask.sum())
         terms = [policy.micro(ctx, mb, norm, seqs) if policy is not None else None, None]
         if terms[0] is not None:
@@ -241,7 +271,7 @@ class GradientUpdate:
     """The policy's optimizer steps on the summed micro-batch gradients of the registry's policy
     loss (plus the entropy bonus, the KL in the loss and PPO-ptx)."""
 
-    def start(self, ctx, step, minibatch, micro) -> dict:
+    def start(self, ctx, step, minibatch, parts) -> dict:
         return {}
 
     def micro(self, ctx, mb, norm, seqs):
@@ -264,8 +294,8 @@ class TRPOUpdate:
     """TRPO moves the policy itself, once per minibatch, before the critic's micro-batches
     (`trpo_policy_update`); no policy optimizer step and no learning-rate schedule."""
 
-    def start(self, ctx, step, minibatch, micro) -> dict:
-        return trpo_policy_update(ctx.cfg, ctx.algo.loss_agg, ctx.models.policy, minibatch, micro)
+    def start(self, ctx, step, minibatch, parts) -> dict:
+        return trpo_policy_update(ctx.cfg, ctx.algo.loss_agg, ctx.models.policy, minibatch, parts)
 
     def micro(self, ctx, mb, norm, seqs):
         return None
@@ -292,15 +322,15 @@ def ptx_backward(cfg, policy, ptx_stream, ranks: int = 1, scale: float = 1.0) ->
     return {"loss/sft": stats["loss"] / ranks}
 
 
-def trpo_policy_update(cfg, loss_agg: str, policy, minibatch: Experience, micro: int) -> dict:
+def trpo_policy_update(cfg, loss_agg: str, policy, minibatch: Experience, parts: list) -> dict:
     """TRPO (Schulman et al. 2015, app. C): natural-gradient step by conjugate gradient on Fisher-vector
     products of the mean KL(old || new) over response tokens, scaled to `max_kl`, then a backtracking
     line search that keeps the measured KL under the limit. Closures are per micro-batch, so memory
-    stays bounded; no explicit Hessian is ever built."""
-    R, n = minibatch.response_length, minibatch.batch_size
+    stays bounded; no explicit Hessian is ever built. parts: the micro-batches' row indices."""
+    R = minibatch.response_length
     norm = _normalizer(minibatch.loss_mask, loss_agg)  # surrogate shares add up to the minibatch's
     tok = _normalizer(minibatch.loss_mask, "token-mean")  # the KL is always a token mean
-    parts = [minibatch.select(torch.arange(s, min(s + micro, n))) for s in range(0, n, micro)]
+    parts = [minibatch.select(rows) for rows in parts]
 
     def logits(mb):  # (n, R, V) at the sampling temperature
         return response_logits(policy, mb.input_ids, mb.attention_mask, mb.position_ids, R)[:, :-1] / cfg.temperature

@@ -115,7 +115,10 @@ def assert_same_run(one, two, critic: bool, start: dict):
         assert r2["loss/policy"] == pytest.approx(r1["loss/policy"], rel=1e-4, abs=1e-5 * terms)
 
 
-@pytest.mark.parametrize("algo,extra", [("ppo", PPO), ("grpo", GRPO)])
+# A token budget: each minibatch's rows are spread over the ranks by tokens (`balance_rows`), the ids
+# gathered from every rank, and split into micro-batches of at most 12 valid tokens.
+@pytest.mark.parametrize("algo,extra", [("ppo", PPO), ("grpo", GRPO), ("ppo", PPO + ["--micro-batch-tokens", "12"]),
+                                        ("grpo", GRPO + ["--micro-batch-tokens", "12"])])
 def test_two_ranks_equal_one_process(tmp_path, tiny_dir, data_dir, algo, extra):
     one, two = tmp_path / "one", tmp_path / "two"
     launch(1, rl_args(tiny_dir, data_dir, one, algo, extra))

@@ -84,16 +84,18 @@ def test_no_critic_no_reference_when_not_needed(tiny_dir, data_dir, tmp_path):
     assert not any(p.requires_grad for p in ppo.reference.parameters())
 
 
+@pytest.mark.parametrize("split", ["rows", "tokens"])
 @pytest.mark.parametrize("algo,agg", [("ppo", "token-mean"), ("grpo", "seq-mean-token-mean"),
                                       ("grpo", "seq-mean-token-sum-norm")])
-def test_micro_batches_give_the_whole_batch_update(algo, agg, tiny_dir, data_dir, tmp_path):
+def test_micro_batches_give_the_whole_batch_update(algo, agg, split, tiny_dir, data_dir, tmp_path):
     from rlhfkit.models import load_critic, load_scalar_model
     from rlhfkit.trainers.rl import train_rl
 
     kw = dict(algo=algo, loss_agg=agg, steps=1, prompts_per_step=2, max_grad_norm=0.0, entropy_coef=0.01)
     whole = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "whole", **kw))
-    micro = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "micro", micro_batch_size=1 if algo == "ppo" else 2,
-                               **kw))
+    # rows of 5 to 11 valid tokens: a budget of 12 gives micro-batches of one or two rows of unequal sizes
+    split_kw = (dict(micro_batch_size=1 if algo == "ppo" else 2) if split == "rows" else dict(micro_batch_tokens=12))
+    micro = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "micro", **split_kw, **kw))
     # Tolerances follow the scale of each quantity, so the test passes on any CPU (the summation
     # order of float32 sums differs between x86-64 and arm64 kernels, and between Intel and AMD).
     # - Norms and losses made of same-sign terms (grad norms, entropy, value loss): float32 sums of
