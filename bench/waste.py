@@ -145,3 +145,29 @@ def format_summary(s: dict) -> str:
     per_model = ", ".join(f"{k.split('/', 1)[1]} {pct(k)}" for k in sorted(w) if k.startswith("update/"))
     return (f"waste: generation {pct('generation')} (prefill {pct('prefill')}, decode {pct('decode')}); "
             f"update passes {pct('update')} ({per_model})")
+
+
+def instrument_train_rl(counter: WasteCounter, on_generate=None) -> None:
+    """Count the waste of `train_rl` (run unchanged): hooks on every model `build_models` returns (policy,
+    reference, critic, the scorer's reward model), and the engine's `generate` marked as generation.
+    on_generate: optional wrapper applied to the engine's generate inside the counting (a timer)."""
+    import rlhfkit.trainers.rl_setup as setup
+
+    make_engine, build_models = setup.make_engine, setup.build_models
+
+    def make_counted_engine(*args, **kwargs):
+        engine = make_engine(*args, **kwargs)
+        generate = engine.generate if on_generate is None else on_generate(engine.generate)
+        engine.generate = counter.wrap_generate(generate)
+        return engine
+
+    def build_hooked_models(*args, **kwargs):
+        models = build_models(*args, **kwargs)
+        rm = getattr(models.scorer, "reward_model", None)
+        for model, name in ((models.policy, "policy"), (models.reference, "reference"), (models.critic, "critic"),
+                            (rm, "reward_model")):
+            if isinstance(model, torch.nn.Module):
+                counter.attach(model, name)
+        return models
+
+    setup.make_engine, setup.build_models = make_counted_engine, build_hooked_models

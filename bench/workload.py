@@ -195,3 +195,43 @@ def shape(workload: str, algo: str) -> dict:
                 "max_new_tokens": common.MAX_NEW_TOKENS}
     return {"prompts_per_step": common.PROMPTS_PER_STEP * common.SAMPLES_PER_PROMPT, "n": 1,
             "max_new_tokens": common.MAX_NEW_TOKENS}
+
+
+# ---------------------------------------------------------------- command-line options of both benchmarks
+
+PASS_THROUGH = (("engine", "engine"), ("micro_batch_tokens", "micro_batch_tokens"), ("padding_free", "padding_free"))
+
+
+def add_arguments(parser) -> None:
+    """--workload, and our side's pass-through options (forwarded to RLConfig only when given)."""
+    import argparse
+
+    parser.add_argument("--workload", choices=WORKLOADS, default="uniform",
+                        help="uniform (bench/common.py, the default) or realistic (bench/workload.py)")
+    parser.add_argument("--engine", default=None, help="our side: RLConfig.engine (the rollout engine)")
+    parser.add_argument("--micro-batch-tokens", type=int, default=None,
+                        help="our side: RLConfig.micro_batch_tokens (token budget of a micro-batch)")
+    parser.add_argument("--padding-free", action=argparse.BooleanOptionalAction, default=None,
+                        help="our side: RLConfig.padding_free (packed update passes)")
+    parser.add_argument("--ours-tag", default="", help="a label of our side's options, kept in the JSON and "
+                        "shown by bench/tables.py, to tell runs with different options apart")
+
+
+def overrides(args) -> dict:
+    """The RLConfig fields given on the command line; a clear error when this rlhfkit has no such field."""
+    import dataclasses
+
+    from rlhfkit.trainers.rl_config import RLConfig
+
+    known = {f.name for f in dataclasses.fields(RLConfig)}
+    out = {}
+    for attr, field in PASS_THROUGH:
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if field not in known:
+            flag = "--" + attr.replace("_", "-")
+            raise SystemExit(f"{flag} needs RLConfig.{field}, which this rlhfkit does not have "
+                             f"(rlhfkit/trainers/rl_config.py); drop the option or update rlhfkit")
+        out[field] = value
+    return out
