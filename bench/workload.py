@@ -157,6 +157,7 @@ def build(size: str, models_dir: str = common.DEFAULT_MODELS_DIR, log=print) -> 
     rows = prompts(size)
     wanted = {"size": size, **common.SIZES[size], "prompts": rows, "sft": SFT[size], "response_mean": RESPONSE_MEAN,
               "max_new_tokens": MAX_NEW_TOKENS}
+    wanted = json.loads(json.dumps(wanted))  # as it reads back (tuples become lists)
     if marker.is_file():
         saved = json.loads(marker.read_text())
         if saved.get("wanted") == wanted:
