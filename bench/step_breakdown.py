@@ -117,6 +117,7 @@ def instrument(probe: Probe) -> None:
 
         class TimedScorer:
             name = getattr(scorer, "name", type(scorer).__name__)
+            reward_model = getattr(scorer, "reward_model", None)  # for the waste counter's hooks
             __call__ = staticmethod(probe.timed(scorer.__call__, "reward"))
 
         models.scorer = TimedScorer()

@@ -147,10 +147,11 @@ def format_summary(s: dict) -> str:
             f"update passes {pct('update')} ({per_model})")
 
 
-def instrument_train_rl(counter: WasteCounter, on_generate=None) -> None:
+def instrument_train_rl(counter: WasteCounter, on_generate=None):
     """Count the waste of `train_rl` (run unchanged): hooks on every model `build_models` returns (policy,
     reference, critic, the scorer's reward model), and the engine's `generate` marked as generation.
-    on_generate: optional wrapper applied to the engine's generate inside the counting (a timer)."""
+    on_generate: optional wrapper applied to the engine's generate inside the counting (a timer).
+    Returns a function that puts rl_setup back as it was (the hooks stay on the models built meanwhile)."""
     import rlhfkit.trainers.rl_setup as setup
 
     make_engine, build_models = setup.make_engine, setup.build_models
@@ -171,3 +172,7 @@ def instrument_train_rl(counter: WasteCounter, on_generate=None) -> None:
         return models
 
     setup.make_engine, setup.build_models = make_counted_engine, build_hooked_models
+
+    def undo():
+        setup.make_engine, setup.build_models = make_engine, build_models
+    return undo
