@@ -150,3 +150,57 @@ def test_response_lengths_are_geometric_with_the_wanted_mean():
 def test_length_stats_by_hand():
     s = workload.length_stats([1, 2, 3, 4, 10, 5, 6, 7, 8, 9], eos=[True] * 9 + [False])
     assert s == {"rows": 10, "mean": 5.5, "p50": 6, "p90": 10, "max": 10, "eos_share": 0.9}
+
+
+def test_train_rl_instrumented_counts_every_model(tmp_path):
+    """A PPO step of train_rl (unchanged) with the bench's hooks: every model's update passes need exactly the
+    valid prompt + response tokens of the step's batch, once per pass (critic: rollout and update)."""
+    import common
+
+    from rlhfkit.trainers.rl import train_rl
+
+    paths = common.build("tiny", str(tmp_path / "models"))
+    counter = waste.WasteCounter(PAD, EOS)
+    batches = []
+
+    def keep(generate):
+        def wrapper(*args, **kwargs):
+            batches.append(generate(*args, **kwargs))
+            return batches[-1]
+        return wrapper
+
+    undo = waste.instrument_train_rl(counter, on_generate=keep)
+    try:
+        train_rl(common.rl_config("ppo", paths, str(tmp_path / "run"), 1,
+                                  {"prompts_per_step": 3, "n": 1, "max_new_tokens": 6}))
+    finally:
+        undo()
+    (gen,) = batches
+    valid = int(gen.prompt_mask.sum()) + int(gen.response_mask.sum())
+    fed = gen.prompt_ids.numel() + gen.response_ids.numel()
+    passes = {"policy": 1, "reference": 1, "critic": 2, "reward_model": 1}
+    for name, k in passes.items():
+        assert counter.fed["update", name] == k * fed, name
+        assert counter.needed["update", name] == k * valid, name
+    n, r = gen.response_ids.shape
+    assert counter.needed["decode", "policy"] == int(gen.response_mask.sum()) - n
+
+
+def test_pass_through_options_only_when_given_and_only_to_existing_fields():
+    import argparse
+    import dataclasses
+
+    from rlhfkit.trainers.rl_config import RLConfig
+
+    parser = argparse.ArgumentParser()
+    workload.add_arguments(parser)
+    assert workload.overrides(parser.parse_args([])) == {}  # nothing given: RLConfig's defaults stand
+    assert workload.overrides(parser.parse_args(["--engine", "hf"])) == {"engine": "hf"}
+    fields = {f.name for f in dataclasses.fields(RLConfig)}
+    for argv, field, value in ((["--micro-batch-tokens", "256"], "micro_batch_tokens", 256),
+                               (["--no-padding-free"], "padding_free", False)):
+        if field in fields:
+            assert workload.overrides(parser.parse_args(argv)) == {field: value}
+        else:
+            with pytest.raises(SystemExit, match=f"RLConfig.{field}"):
+                workload.overrides(parser.parse_args(argv))
