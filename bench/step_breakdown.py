@@ -13,6 +13,12 @@ critic forward + backward), and the optimizer step(s). With one epoch over one m
 update is on-policy, so the old logprobs are the update's own detached logprobs (as TRL's
 GRPOTrainer does): a separate no-grad policy pass is not part of the floor.
 
+Also reported: the waste of generation and of the update passes (bench/waste.py: positions fed to
+the models that are padding or belong to finished rows) and the sampled response lengths.
+`--workload realistic` runs bench/workload.py's workload; the floor then generates for the loop's
+latest prompts, padded as HF pads (a padding-free step can go below it). Our side's options pass
+through to RLConfig when given (`--engine`, `--micro-batch-tokens`, `--padding-free`, `--ours-tag`).
+
     python bench/step_breakdown.py --algo grpo --size tiny [--steps 10] [--json out.json]
     python bench/step_breakdown.py --algo ppo --size small
 """

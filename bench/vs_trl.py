@@ -16,9 +16,22 @@ the time from receiving the baton to the end of its next step (TRL: `on_step_end
 progress-bar update), so it includes everything each loop does per step, logging too. The first
 step of each side (which includes loading) is discarded.
 
+Workloads (`--workload`, bench/workload.py): `uniform` (the default, the settings above) and
+`realistic`: 16-128-token prompts, responses of long-tailed length ending in EOS (at most 128 new
+tokens) from an SFT'd policy, GRPO 8 prompts x 8 samples, PPO 32 prompts x 1. Both sides read the
+same prompt file; TRL gets its best options for the workload on CPU without vLLM: TRL 1.12's
+GRPOConfig has no padding-free or length-grouping option (only its SFT / DPO trainers do), Liger
+and vLLM need a GPU, and its continuous-batching generation (`--trl-continuous-batching`) was 3.5x
+slower than its padded `generate` on CPU, so it is off by default; its PPO trainer has no such
+options. Each side also reports its response lengths (mean, p90, max) and its waste, counted by
+the same hooks on both sides' models (bench/waste.py; `--no-trl-waste` to skip TRL's). Our side's
+options pass through to RLConfig when given: `--engine`, `--micro-batch-tokens`,
+`--padding-free/--no-padding-free`, labelled by `--ours-tag`.
+
     pip install "rlhfkit[bench]"    # trl>=1.10,<1.13 and psutil, or in a separate venv
     python bench/vs_trl.py --algo grpo --size tiny [--steps 10] [--json out.json]
     python bench/vs_trl.py --algo ppo --size small --steps 6
+    python bench/vs_trl.py --workload realistic --algo grpo --size tiny --padding-free --ours-tag packed
 """
 
 from __future__ import annotations
