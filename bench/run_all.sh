@@ -8,7 +8,7 @@
 # OPTIONS OF OUR SIDE (after --) go to both scripts, e.g. -- --engine NAME --padding-free --ours-tag packed;
 # with --ours-tag TAG the files are named ..._TAG_... and the tables show that tag's runs apart.
 # WORKLOADS (default "uniform realistic") and SIZES (default "tiny small") narrow the runs; STEPS (default: the
-# scripts' 10) shortens them, e.g. STEPS=3 WORKLOADS=realistic SIZES=tiny for a smoke run.
+# scripts' 10) and REPEATS (default 3) shorten them: STEPS=3 REPEATS=1 WORKLOADS=realistic SIZES=tiny for a smoke run.
 # About 60 minutes per workload on 2 cores (the realistic one longer: 64 rows x up to 128 tokens per step).
 # To use both cores, run the two halves side by side, each on its own core:
 #   ONLY=vs_trl taskset -c 1 bash bench/run_all.sh R /tmp/trlenv/bin/python &
@@ -25,7 +25,7 @@ for ((i = 0; i < ${#ours[@]}; i++)); do
   [[ "${ours[$i]}" == "--ours-tag" ]] && tag="_${ours[$((i + 1))]}"
 done
 mkdir -p "$results"
-for repeat in 1 2 3; do
+for repeat in $(seq 1 "${REPEATS:-3}"); do
   for workload in ${WORKLOADS:-uniform realistic}; do
     # the uniform files keep their old names (vs_trl_grpo_tiny_1.json); the others name their workload
     w=$([[ $workload == uniform ]] && echo "" || echo "_$workload")
