@@ -113,21 +113,29 @@ def build(size: str, models_dir: str = DEFAULT_MODELS_DIR) -> dict:
     return {k: str(v) for k, v in paths.items()}
 
 
-def rl_config(algo: str, paths: dict, output: str, steps: int):
+def rl_config(algo: str, paths: dict, output: str, steps: int, shape: dict | None = None,
+              overrides: dict | None = None):
     """Our RLConfig with the matched settings: 32 rows per step (GRPO 8 prompts x 4, PPO 32 rows x 1),
     32 new tokens, temperature 1, beta 0.04 at the algorithm's KL placement (GRPO: k3 in the loss, as
-    TRL; PPO: k1 in the reward, as TRL's PPO), one optimizer step per batch, fp32, CPU."""
+    TRL; PPO: k1 in the reward, as TRL's PPO), one optimizer step per batch, fp32, CPU.
+
+    shape: {prompts_per_step, n, max_new_tokens} of another workload (bench/workload.py `shape`);
+    overrides: further RLConfig fields (the benchmarks' pass-through options such as `engine`)."""
     from rlhfkit.trainers.rl_config import RLConfig
 
-    common = dict(policy=paths["policy"], output=output, algo=algo, steps=steps, max_new_tokens=MAX_NEW_TOKENS,
+    if shape is None:
+        per_step = PROMPTS_PER_STEP if algo == "grpo" else PROMPTS_PER_STEP * SAMPLES_PER_PROMPT
+        shape = {"prompts_per_step": per_step, "n": SAMPLES_PER_PROMPT if algo == "grpo" else 1,
+                 "max_new_tokens": MAX_NEW_TOKENS}
+    common = dict(policy=paths["policy"], output=output, algo=algo, steps=steps, max_new_tokens=shape["max_new_tokens"],
                   temperature=TEMPERATURE, kl_coef=BETA, lr=LR, dtype="float32", device="cpu", seed=0,
-                  ppo_epochs=1, report_to=("jsonl",), log_every=1, save_every=0)
+                  ppo_epochs=1, report_to=("jsonl",), log_every=1, save_every=0,
+                  prompts_per_step=shape["prompts_per_step"], n=shape["n"])
+    common.update(overrides or {})
     if algo == "grpo":
-        return RLConfig(prompts=paths["prompts_grpo"], reward_fn=reward_spec(), prompts_per_step=PROMPTS_PER_STEP,
-                        n=SAMPLES_PER_PROMPT, **common)
+        return RLConfig(prompts=paths["prompts_grpo"], reward_fn=reward_spec(), **common)
     if algo == "ppo":
-        return RLConfig(prompts=paths["prompts_ppo"], reward_model=paths["reward"], critic=paths["value"],
-                        prompts_per_step=PROMPTS_PER_STEP * SAMPLES_PER_PROMPT, n=1, **common)
+        return RLConfig(prompts=paths["prompts_ppo"], reward_model=paths["reward"], critic=paths["value"], **common)
     raise SystemExit(f"--algo must be grpo or ppo, got {algo!r}")
 
 

@@ -13,6 +13,12 @@ critic forward + backward), and the optimizer step(s). With one epoch over one m
 update is on-policy, so the old logprobs are the update's own detached logprobs (as TRL's
 GRPOTrainer does): a separate no-grad policy pass is not part of the floor.
 
+Also reported: the waste of generation and of the update passes (bench/waste.py: positions fed to
+the models that are padding or belong to finished rows) and the sampled response lengths.
+`--workload realistic` runs bench/workload.py's workload; the floor then generates for the loop's
+latest prompts, padded as HF pads (a padding-free step can go below it). Our side's options pass
+through to RLConfig when given (`--engine`, `--micro-batch-tokens`, `--padding-free`, `--ours-tag`).
+
     python bench/step_breakdown.py --algo grpo --size tiny [--steps 10] [--json out.json]
     python bench/step_breakdown.py --algo ppo --size small
 """
@@ -31,6 +37,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import waste  # noqa: E402
+import workload  # noqa: E402
 
 # Top-level parts (they do not overlap); "hf_generate" is inside "generation" and shown indented.
 PARTS = [
@@ -68,6 +76,10 @@ class Probe:
         self.optimizers = None
         self.recording = True  # off while the floor runs between steps
         self.scorer = None  # the loop's own scorer, before the timing wrapper
+        self.lengths = defaultdict(list)  # step -> response lengths (EOS included) of its rows
+        self.last_prompts = None  # (prompt_ids, prompt_mask) of the latest generation, for the floor
+        self.counter = None  # WasteCounter (bench/waste.py), set by main
+        self.waste = []  # per step: the counter's snapshot
 
     def timed(self, fn, label):
         """fn wrapped: its duration is added to `label` (a string, or a function of the call's arguments)."""
@@ -88,7 +100,6 @@ def instrument(probe: Probe) -> None:
     import rlhfkit.models
     import rlhfkit.reporting
     import rlhfkit.rollout.collect as collect
-    import rlhfkit.rollout.engine as engine
     import rlhfkit.trainers.rl_setup as setup
     import rlhfkit.trainers.rl_step as rl_step
     import rlhfkit.trainers.rl_update as rl_update
@@ -112,6 +123,7 @@ def instrument(probe: Probe) -> None:
 
         class TimedScorer:
             name = getattr(scorer, "name", type(scorer).__name__)
+            reward_model = getattr(scorer, "reward_model", None)  # for the waste counter's hooks
             __call__ = staticmethod(probe.timed(scorer.__call__, "reward"))
 
         models.scorer = TimedScorer()
@@ -119,18 +131,20 @@ def instrument(probe: Probe) -> None:
 
     setup.build_models = build_and_wrap
 
-    generate = engine.generate
+    def counting(generate):  # the engine's generate, whichever engine: timed, its batch measured
+        def generate_and_count(*args, **kwargs):
+            out = generate(*args, **kwargs)
+            rows, p = out.prompt_ids.shape
+            r = out.response_ids.shape[1]
+            valid = int(out.prompt_mask.sum()) + int(out.response_mask.sum())
+            probe.tokens[probe.step] += int(out.response_mask.sum())
+            probe.lengths[probe.step] += out.response_mask.sum(1).tolist()
+            probe.shapes[probe.step] = (rows, p, r, valid)
+            probe.last_prompts = (out.prompt_ids, out.prompt_mask)
+            return out
+        return probe.timed(generate_and_count, "generation")
 
-    def generate_and_count(*args, **kwargs):
-        out = generate(*args, **kwargs)
-        rows, p = out.prompt_ids.shape
-        r = out.response_ids.shape[1]
-        valid = int(out.prompt_mask.sum()) + int(out.response_mask.sum())
-        probe.tokens[probe.step] += int(out.response_mask.sum())
-        probe.shapes[probe.step] = (rows, p, r, valid)
-        return out
-
-    engine.generate = probe.timed(generate_and_count, "generation")
+    waste.instrument_train_rl(probe.counter, on_generate=counting)
     collect.response_logprobs = probe.timed(
         collect.response_logprobs, lambda model, *a, **k: "policy_rollout" if model is probe.models.policy else "reference")
     rl_step.shape_rewards = probe.timed(rl_step.shape_rewards, "advantages")
@@ -166,12 +180,15 @@ def instrument(probe: Probe) -> None:
             update(n, **numbers)
             if n:  # the resume offset update(step) is n=0 on a fresh run
                 probe.ends.append(common.now())
+                probe.waste.append(probe.counter.snapshot())
+                probe.counter.reset()
                 probe.step += 1
                 if probe.peak_after_first is None:
                     probe.peak_after_first = common.peak_rss_mb()
                 if probe.between_steps is not None and probe.step < probe.total_steps:
                     probe.recording = False
                     probe.between_steps()
+                    probe.counter.reset()  # the floor's forwards are not the loop's
                     probe.recording = True
                 probe.starts.append(common.now())
         bar.update = update_and_cut
@@ -194,15 +211,12 @@ class Floor:
     changes no shape and no cost).
     """
 
-    def __init__(self, algo: str, models, scorer, optimizers, prompts: list[str]):
+    def __init__(self, algo: str, models, scorer, optimizers, n: int, max_new_tokens: int):
         from transformers import GenerationConfig
 
-        self.algo, self.models, self.prompts = algo, models, prompts
+        self.algo, self.models, self.n = algo, models, n
         tok = models.tokenizer
-        enc = tok(prompts, padding=True, padding_side="left", return_tensors="pt")
-        self.ids = enc["input_ids"].repeat_interleave(common.SAMPLES_PER_PROMPT, 0)  # (N, P)
-        self.mask = enc["attention_mask"].repeat_interleave(common.SAMPLES_PER_PROMPT, 0)  # (N, P)
-        self.config = GenerationConfig(max_new_tokens=common.MAX_NEW_TOKENS, do_sample=True,
+        self.config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True,
                                        temperature=common.TEMPERATURE, top_p=1.0, top_k=0,
                                        eos_token_id=[tok.eos_token_id], pad_token_id=tok.pad_token_id, use_cache=True)
         self.generate = getattr(models.policy.generate, "__wrapped__", models.policy.generate)
@@ -217,10 +231,21 @@ class Floor:
         self.times[name].append(common.now() - start)
         return out
 
+    def set_prompts(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        """The next repetition samples n responses to each of these (B, P) left-padded prompts: the loop's
+        latest batch of prompts (its rows come in groups of n)."""
+        keep = torch.arange(0, prompt_ids.shape[0], self.n)
+        ids, mask = prompt_ids[keep], prompt_mask[keep]
+        width = int(mask.sum(1).max())  # drop the columns that are padding in every row
+        ids, mask = ids[:, ids.shape[1] - width:], mask[:, mask.shape[1] - width:]
+        self.prompts = self.models.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        self.ids = ids.repeat_interleave(self.n, 0)  # (N, P)
+        self.mask = mask.repeat_interleave(self.n, 0)  # (N, P)
+
     def rep(self) -> None:
         from rlhfkit.models import position_ids_from_mask
 
-        m, clock, n = self.models, self._clock, common.SAMPLES_PER_PROMPT
+        m, clock, n = self.models, self._clock, self.n
         with torch.no_grad():
             out = clock("generate", lambda: self.generate(input_ids=self.ids, attention_mask=self.mask,
                                                           generation_config=self.config))
@@ -283,6 +308,36 @@ class Floor:
 
 # ---------------------------------------------------------------- report
 
+def run(args, steps: int) -> tuple:
+    """train_rl instrumented, with a floor repetition between its steps; returns (probe, floor, shape, overrides)."""
+    from transformers import AutoTokenizer
+
+    from rlhfkit.trainers.rl import train_rl
+
+    overrides = workload.overrides(args)  # fails here, before any model is built, on a missing RLConfig field
+    paths = workload.paths_for(args.workload, args.size, args.models_dir)
+    shape = workload.shape(args.workload, args.algo)
+    tokenizer = AutoTokenizer.from_pretrained(paths["policy"])
+    probe = Probe()
+    probe.total_steps = steps
+    probe.counter = waste.WasteCounter(tokenizer.pad_token_id, tokenizer.eos_token_id)
+    probe.build_lengths = paths.get("length_stats")
+    instrument(probe)
+    floor = None
+
+    def floor_rep():
+        nonlocal floor
+        if floor is None:
+            floor = Floor(args.algo, probe.models, probe.scorer, probe.optimizers, shape["n"], shape["max_new_tokens"])
+        floor.set_prompts(*probe.last_prompts)
+        floor.rep()
+
+    probe.between_steps = floor_rep
+    with tempfile.TemporaryDirectory() as out:
+        train_rl(common.rl_config(args.algo, paths, out, steps, shape, overrides))
+    return probe, floor, shape, overrides
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=("grpo", "ppo"), default="grpo")
@@ -293,30 +348,19 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see "
                         "common.set_threads)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    workload.add_arguments(parser)
     args = parser.parse_args()
     steps = args.steps or 10
     if steps < 3:
         raise SystemExit("--steps must be >= 3 (the first step and the first floor repetition are discarded)")
     os.environ.setdefault("RLHFKIT_QUIET", "1")
     common.set_threads(args.threads)
+    probe, floor, shape, overrides = run(args, steps)
+    report(args, steps, probe, floor, shape, overrides)
 
-    from rlhfkit.trainers.rl import train_rl
 
-    paths = common.build(args.size, args.models_dir)
-    probe = Probe()
-    probe.total_steps = steps
-    instrument(probe)
-    floor = None
-
-    def floor_rep():
-        nonlocal floor
-        if floor is None:
-            floor = Floor(args.algo, probe.models, probe.scorer, probe.optimizers, common.prompts(args.size))
-        floor.rep()
-
-    probe.between_steps = floor_rep
-    with tempfile.TemporaryDirectory() as out:
-        train_rl(common.rl_config(args.algo, paths, out, steps))
+def report(args, steps: int, probe: Probe, floor: Floor, shape: dict, overrides: dict) -> None:
+    """Print the breakdown, the floor, the waste and the lengths; write the JSON file."""
     step_times = [b - a for a, b in zip(probe.starts, probe.ends)]
     kept = range(1, len(step_times))  # step 0 (the first) is discarded
     step = common.median(step_times[i] for i in kept)
@@ -327,19 +371,27 @@ def main():
     floor_parts = floor.medians()
     floor_total = sum(floor_parts.values())
     floor_width = common.median(s[2] for s in floor.shapes[1:])
+    wasted = waste.summarize([probe.waste[i] for i in kept])
+    lengths = workload.length_stats(x for i in kept for x in probe.lengths[i])
 
-    print(f"# step breakdown: rlhfkit {args.algo}, {args.size} model, {steps} steps (first discarded)")
+    print(f"# step breakdown: rlhfkit {args.algo}, {args.size} model, {args.workload} workload "
+          f"({shape['prompts_per_step']} prompts x {shape['n']}), {steps} steps (first discarded)")
     print(f"machine: {common.machine()}")
-    print(f"batch: {rows} rows, prompt width {p}, response width {r} (max {common.MAX_NEW_TOKENS} new tokens); "
+    print(f"options: {args.ours_tag or 'defaults'} {overrides or ''}")
+    if probe.build_lengths:
+        print(f"at build: sampled {workload.format_stats(probe.build_lengths)}")
+    print(f"last batch: {rows} rows, prompt width {p}, response width {r} (max {shape['max_new_tokens']} new tokens); "
           f"padding is {100 * (1 - valid / (rows * (p + r))):.1f}% of the (rows, P+R) positions")
+    print(f"sampled (kept steps): {workload.format_stats(lengths)}")
+    print(waste.format_summary(wasted))
     print(f"\n{'part':42s} {'median ms':>10s} {'share':>7s}")
     for name, label in PARTS:
         if parts[name] or name in ("generation", "optimizer"):
             print(f"{label:42s} {parts[name] * 1e3:10.1f} {100 * parts[name] / step:6.1f}%")
     print(f"{'rest (not covered by a part)':42s} {rest * 1e3:10.1f} {100 * rest / step:6.1f}%")
     print(f"{'step':42s} {step * 1e3:10.1f}")
-    print(f"\nfloor: each piece alone, {len(floor.shapes) - 1} repetitions between the steps (median ms; "
-          f"generated width {floor_width:.0f}):")
+    print(f"\nfloor: each piece alone, plain padded HF calls on the loop's latest prompts, {len(floor.shapes) - 1} "
+          f"repetitions between the steps (median ms; generated width {floor_width:.0f}):")
     for name, value in floor_parts.items():
         print(f"  {name:40s} {value * 1e3:10.1f}")
     print(f"  {'floor total':40s} {floor_total * 1e3:10.1f}")
@@ -347,12 +399,14 @@ def main():
           f"MiB (after step 1; {common.peak_rss_mb():.0f} MiB with the floor), step / floor {step / floor_total:.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"algo": args.algo, "size": args.size, "steps": steps, "step_s": step, "step_times": step_times,
+            json.dump({"algo": args.algo, "size": args.size, "workload": args.workload, "steps": steps,
+                       "ours_tag": args.ours_tag, "ours_options": overrides, "step_s": step, "step_times": step_times,
                        "parts_s": parts, "rest_s": rest, "tokens_per_step": tokens, "tokens_per_s": tokens / step,
                        "peak_rss_mb": probe.peak_after_first, "peak_rss_with_floor_mb": common.peak_rss_mb(),
                        "floor_s": floor_parts, "floor_total_s": floor_total, "floor_times": floor.times,
-                       "ratio": step / floor_total,
-                       "shape": {"rows": rows, "prompt": p, "response": r, "valid": valid},
+                       "ratio": step / floor_total, "waste": wasted, "waste_per_step": probe.waste,
+                       "lengths": lengths, "build_lengths": probe.build_lengths,
+                       "shape": {"rows": rows, "prompt": p, "response": r, "valid": valid, **shape},
                        "machine": common.machine(), "threads": args.threads}, f, indent=1)
 
 

@@ -16,9 +16,22 @@ the time from receiving the baton to the end of its next step (TRL: `on_step_end
 progress-bar update), so it includes everything each loop does per step, logging too. The first
 step of each side (which includes loading) is discarded.
 
+Workloads (`--workload`, bench/workload.py): `uniform` (the default, the settings above) and
+`realistic`: 16-128-token prompts, responses of long-tailed length ending in EOS (at most 128 new
+tokens) from an SFT'd policy, GRPO 8 prompts x 8 samples, PPO 32 prompts x 1. Both sides read the
+same prompt file; TRL gets its best options for the workload on CPU without vLLM: TRL 1.12's
+GRPOConfig has no padding-free or length-grouping option (only its SFT / DPO trainers do), Liger
+and vLLM need a GPU, and its continuous-batching generation (`--trl-continuous-batching`) was 3.5x
+slower than its padded `generate` on CPU, so it is off by default; its PPO trainer has no such
+options. Each side also reports its response lengths (mean, p90, max) and its waste, counted by
+the same hooks on both sides' models (bench/waste.py; `--no-trl-waste` to skip TRL's). Our side's
+options pass through to RLConfig when given: `--engine`, `--micro-batch-tokens`,
+`--padding-free/--no-padding-free`, labelled by `--ours-tag`.
+
     pip install "rlhfkit[bench]"    # trl>=1.10,<1.13 and psutil, or in a separate venv
     python bench/vs_trl.py --algo grpo --size tiny [--steps 10] [--json out.json]
     python bench/vs_trl.py --algo ppo --size small --steps 6
+    python bench/vs_trl.py --workload realistic --algo grpo --size tiny --padding-free --ours-tag packed
 """
 
 from __future__ import annotations
@@ -35,6 +48,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
+import waste  # noqa: E402
+import workload  # noqa: E402
 
 OURS, TRL = "rlhfkit", "trl"
 
@@ -73,6 +88,10 @@ class Clock:
         self.tokens: list[int] = []
         self.generation: list[float] = []  # seconds of each step spent in the loop's generation call
         self.gc: list[float] = []  # seconds of each step spent in explicit gc.collect() calls
+        self.lengths: list[list[int]] = []  # completion lengths (EOS included) of each step's rows
+        self.waste: list[dict] = []  # each step's WasteCounter snapshot (bench/waste.py)
+        self.counter = None  # a WasteCounter, when this side is counted
+        self._lengths: list[int] = []
         self._tokens = 0
         self._generation = 0.0
         self._gc = 0.0
@@ -87,13 +106,15 @@ class Clock:
                 self._gc += time.perf_counter() - start
         return wrapper
 
-    def generating(self, fn, count):
-        """fn timed as generation; count(result) -> completion tokens."""
+    def generating(self, fn, lengths):
+        """fn timed as generation; lengths(result, *args) -> completion lengths of its rows (EOS included)."""
         def wrapper(*args, **kwargs):
             start = common.now()
             result = fn(*args, **kwargs)
             self._generation += common.now() - start
-            self._tokens += int(count(result, *args))
+            rows = [int(x) for x in lengths(result, *args)]
+            self._lengths += rows
+            self._tokens += sum(rows)
             return result
         return wrapper
 
@@ -102,25 +123,36 @@ class Clock:
         self.tokens.append(self._tokens)
         self.generation.append(self._generation)
         self.gc.append(self._gc)
-        self._tokens, self._generation, self._gc = 0, 0.0, 0.0
+        self.lengths.append(self._lengths)
+        self._tokens, self._generation, self._gc, self._lengths = 0, 0.0, 0.0, []
+        if self.counter is not None:
+            self.waste.append(self.counter.snapshot())
+            self.counter.reset()
 
     def resume(self) -> None:
         self.resumed = common.now()
 
 
-def _tokens_through_eos(response_ids: torch.Tensor, eos_id: int) -> int:
-    """Completion tokens of (N, R) sampled ids: through the first EOS, else the whole row."""
+def _lengths_through_eos(response_ids: torch.Tensor, eos_id: int) -> list[int]:
+    """Completion lengths of (N, R) sampled ids: through the first EOS, else the whole row."""
     is_eos = response_ids == eos_id
-    first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, response_ids.shape[1])
-    return int(first.sum())
+    return torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, response_ids.shape[1]).tolist()
 
 
 # ---------------------------------------------------------------- our side
 
-def run_ours(algo: str, paths: dict, steps: int, out: str, clock: Clock, baton: Baton | None) -> None:
-    """train_rl unchanged; the progress bar's update ends a step (and passes the baton)."""
+def _counter(paths: dict) -> waste.WasteCounter:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(paths["policy"])
+    return waste.WasteCounter(tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
+def run_ours(algo: str, paths: dict, steps: int, out: str, clock: Clock, baton: Baton | None, shape: dict,
+             overrides: dict) -> None:
+    """train_rl unchanged; the progress bar's update ends a step (and passes the baton). The waste counter
+    hooks the models `build_models` returns and marks the engine's generate (bench/waste.py)."""
     import rlhfkit.reporting
-    import rlhfkit.rollout.collect as collect
     from rlhfkit.trainers.rl import train_rl
 
     progress = rlhfkit.reporting.progress
@@ -138,11 +170,16 @@ def run_ours(algo: str, paths: dict, steps: int, out: str, clock: Clock, baton: 
         bar.update = update_and_hand_off
         return bar
 
-    collect.generate = clock.generating(collect.generate, lambda result, *args: result.response_mask.sum())
+    clock.counter = _counter(paths)
+    waste.instrument_train_rl(clock.counter, lambda generate: clock.generating(
+        generate, lambda result, *args: result.response_mask.sum(1).tolist()))
     rlhfkit.reporting.progress = handoff_progress
+    import rlhfkit.trainers.rl as rl
+
+    rl.progress = handoff_progress  # the loop imported it by name
     os.environ.setdefault("RLHFKIT_QUIET", "1")
     clock.resume()  # step 1 includes loading the models: discarded
-    train_rl(common.rl_config(algo, paths, out, steps))
+    train_rl(common.rl_config(algo, paths, out, steps, shape, overrides))
 
 
 # ---------------------------------------------------------------- TRL's side
@@ -167,39 +204,51 @@ def _trl_common_args(out: str) -> dict:
                 disable_tqdm=True, seed=0, max_grad_norm=1.0, dataloader_num_workers=0)
 
 
-def build_trl(algo: str, paths: dict, size: str, steps: int, out: str, clock: Clock, baton: Baton | None):
-    """A TRL trainer with the matched settings, counting completion tokens into `clock`."""
+def _prompt_texts(paths: dict, algo: str) -> list[str]:
+    """The prompt file our side reads, in file order (the uniform PPO file repeats each prompt 4 times)."""
+    with open(paths["prompts_grpo" if algo == "grpo" else "prompts_ppo"]) as f:
+        return [json.loads(line)["prompt"] for line in f if line.strip()]
+
+
+def build_trl(algo: str, paths: dict, steps: int, out: str, clock: Clock, baton: Baton | None, shape: dict,
+              trl_options: dict):
+    """A TRL trainer with the matched settings, counting completion lengths into `clock` and, when
+    clock.counter is set, the waste of its models (the same hooks as ours)."""
     from datasets import Dataset
     from transformers import AutoTokenizer, PrinterCallback
 
     tokenizer = AutoTokenizer.from_pretrained(paths["policy"])
     tokenizer.padding_side = "left"
     callback = _trl_callback(clock, baton)
-    rows = common.PROMPTS_PER_STEP * common.SAMPLES_PER_PROMPT
+    rows = shape["prompts_per_step"] * shape["n"]
+    texts = _prompt_texts(paths, algo)
+    counted = clock.counter.wrap_generate if clock.counter is not None else (lambda fn: fn)
     if algo == "grpo":
         from trl import GRPOConfig, GRPOTrainer
 
-        config = GRPOConfig(per_device_train_batch_size=rows, num_generations=common.SAMPLES_PER_PROMPT,
-                            max_completion_length=common.MAX_NEW_TOKENS, temperature=common.TEMPERATURE,
+        config = GRPOConfig(per_device_train_batch_size=rows, num_generations=shape["n"],
+                            max_completion_length=shape["max_new_tokens"], temperature=common.TEMPERATURE,
                             top_p=1.0, top_k=0, beta=common.BETA, num_iterations=1, epsilon=0.2,
                             scale_rewards="group", loss_type="dapo", max_steps=steps, log_completions=False,
-                            model_init_kwargs={"dtype": torch.float32}, **_trl_common_args(out))
-        dataset = Dataset.from_list([{"prompt": p} for p in common.prompts(size)])
+                            model_init_kwargs={"dtype": torch.float32}, **trl_options, **_trl_common_args(out))
+        dataset = Dataset.from_list([{"prompt": p} for p in texts])
         trainer = GRPOTrainer(model=paths["policy"], reward_funcs=[common.reward], args=config, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[callback])
-        trainer._generate_single_turn = clock.generating(trainer._generate_single_turn,
-                                                         lambda result, *args: sum(len(c) for c in result[0]))
+        trainer._generate_single_turn = clock.generating(counted(trainer._generate_single_turn),
+                                                         lambda result, *args: [len(c) for c in result[0]])
+        models = ((trainer.model, "policy"), (trainer.ref_model, "reference"))
     else:
         import trl.experimental.ppo.ppo_trainer as ppo_module
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
         from trl.experimental.ppo import PPOConfig, PPOTrainer
 
         config = PPOConfig(per_device_train_batch_size=rows, num_mini_batches=1, num_ppo_epochs=1,
-                           response_length=common.MAX_NEW_TOKENS, temperature=common.TEMPERATURE, stop_token="eos",
+                           response_length=shape["max_new_tokens"], temperature=common.TEMPERATURE, stop_token="eos",
                            kl_coef=common.BETA, kl_estimator="k1", total_episodes=rows * steps,
                            num_sample_generations=0, local_rollout_forward_batch_size=rows,
-                           sft_model_path=paths["policy"], reward_model_path=paths["reward"], **_trl_common_args(out))
-        ids = tokenizer([p for p in common.prompts(size) for _ in range(common.SAMPLES_PER_PROMPT)])["input_ids"]
+                           sft_model_path=paths["policy"], reward_model_path=paths["reward"], **trl_options,
+                           **_trl_common_args(out))
+        ids = tokenizer(texts)["input_ids"]
         dataset = Dataset.from_dict({"input_ids": ids})
 
         def lm(path):
@@ -213,9 +262,15 @@ def build_trl(algo: str, paths: dict, size: str, steps: int, out: str, clock: Cl
                              value_model=scalar(paths["value"]), train_dataset=dataset,
                              eval_dataset=dataset.select(range(rows)), callbacks=[callback])
         ppo_module.batch_generation = clock.generating(
-            ppo_module.batch_generation,
-            lambda result, model, queries, *args: _tokens_through_eos(result[0][:, queries.shape[1]:],
-                                                                       tokenizer.eos_token_id))
+            counted(ppo_module.batch_generation),
+            lambda result, model, queries, *args: _lengths_through_eos(result[0][:, queries.shape[1]:],
+                                                                        tokenizer.eos_token_id))
+        models = ((trainer.policy_model, "policy"), (trainer.ref_model, "reference"),
+                  (trainer.reward_model, "reward_model"), (trainer.value_model, "critic"))
+    if clock.counter is not None:
+        for model, name in models:
+            if model is not None:
+                clock.counter.attach(model, name)
     trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for a printer of every log
     return trainer
 
@@ -229,13 +284,18 @@ def summary(clock: Clock) -> dict:
     generation = common.median(clock.generation[i] for i in kept)
     gc_time = common.median(clock.gc[i] for i in kept)
     rest = common.median(clock.steps[i] - clock.generation[i] - clock.gc[i] for i in kept)
-    return {"step_s": step, "tokens_per_step": tokens, "tokens_per_s": tokens / step, "generation_s": generation,
-            "gc_s": gc_time, "rest_s": rest, "steps": clock.steps, "tokens": clock.tokens,
-            "generation": clock.generation, "gc": clock.gc}
+    out = {"step_s": step, "tokens_per_step": tokens, "tokens_per_s": tokens / step, "generation_s": generation,
+           "gc_s": gc_time, "rest_s": rest, "steps": clock.steps, "tokens": clock.tokens,
+           "generation": clock.generation, "gc": clock.gc,
+           "lengths": workload.length_stats(x for i in kept for x in clock.lengths[i])}
+    if clock.waste:
+        out["waste"] = waste.summarize(clock.waste[i] for i in kept if i < len(clock.waste))
+    return out
 
 
-def worker(side: str, algo: str, size: str, steps: int, paths: dict, threads: int, baton: Baton, results) -> None:
-    """One side in its own process: wait for the baton, run `steps` steps taking turns, report."""
+def worker(side: str, algo: str, steps: int, paths: dict, threads: int, baton: Baton, results, options: dict) -> None:
+    """One side in its own process: wait for the baton, run `steps` steps taking turns, report.
+    options: {shape, overrides (ours), trl (TRL's extra config), count_trl (hook TRL's models too)}."""
     import gc
 
     common.set_threads(threads)
@@ -246,9 +306,11 @@ def worker(side: str, algo: str, size: str, steps: int, paths: dict, threads: in
         with tempfile.TemporaryDirectory() as out:
             clock.resume()  # step 1 includes loading the models and set-up: discarded
             if side == OURS:
-                run_ours(algo, paths, steps, out, clock, baton)
+                run_ours(algo, paths, steps, out, clock, baton, options["shape"], options["overrides"])
             else:
-                build_trl(algo, paths, size, steps, out, clock, baton).train()
+                if options["count_trl"]:
+                    clock.counter = _counter(paths)
+                build_trl(algo, paths, steps, out, clock, baton, options["shape"], options["trl"]).train()
         results.put((side, {**summary(clock), "peak_rss_mb": common.peak_rss_mb()}))
     except BaseException:
         results.put((side, {"error": traceback.format_exc()}))
@@ -256,12 +318,12 @@ def worker(side: str, algo: str, size: str, steps: int, paths: dict, threads: in
         baton.finish(side)
 
 
-def run_interleaved(algo: str, size: str, steps: int, paths: dict, threads: int) -> dict:
+def run_interleaved(algo: str, steps: int, paths: dict, threads: int, options: dict) -> dict:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     baton, results = Baton(ctx), ctx.Queue()
-    workers = [ctx.Process(target=worker, args=(side, algo, size, steps, paths, threads, baton, results), name=side)
+    workers = [ctx.Process(target=worker, args=(side, algo, steps, paths, threads, baton, results, options), name=side)
                for side in (OURS, TRL)]
     for w in workers:
         w.start()
@@ -275,6 +337,32 @@ def run_interleaved(algo: str, size: str, steps: int, paths: dict, threads: int)
     return out
 
 
+def trl_options(args) -> dict:
+    """TRL config fields beyond the matched settings: its best generation option on this machine."""
+    if args.trl_continuous_batching:
+        if args.algo != "grpo":
+            raise SystemExit("--trl-continuous-batching is a GRPOConfig option; TRL's PPO trainer has none")
+        return {"use_transformers_continuous_batching": True}
+    return {}
+
+
+def print_result(result: dict, header: str) -> None:
+    print(header)
+    print(f"\n{'side':10s} {'step ms':>10s} {'generation':>11s} {'gc.collect':>11s} {'rest':>10s} {'tokens/step':>12s} "
+          f"{'tokens/s':>10s} {'peak RSS MiB':>13s}")
+    for side in (OURS, TRL):
+        r = result[side]
+        print(f"{side:10s} {r['step_s'] * 1e3:10.1f} {r['generation_s'] * 1e3:11.1f} {r['gc_s'] * 1e3:11.1f} "
+              f"{r['rest_s'] * 1e3:10.1f} {r['tokens_per_step']:12.0f} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:13.0f}")
+    print("(medians over the kept steps; generation: the loop's generate call; gc.collect: explicit calls; "
+          "rest: the step less both)")
+    for side in (OURS, TRL):
+        r = result[side]
+        print(f"{side}: sampled {workload.format_stats(r['lengths'])}")
+        if "waste" in r:
+            print(f"{side}: {waste.format_summary(r['waste'])}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=("grpo", "ppo"), default="grpo")
@@ -284,6 +372,11 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of each worker (default 1, "
                         "see common.set_threads)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    workload.add_arguments(parser)
+    parser.add_argument("--trl-continuous-batching", action="store_true", help="TRL GRPO: "
+                        "use_transformers_continuous_batching=True (off by default: 3.5x slower than its padded "
+                        "generate on CPU, see docs/performance.md)")
+    parser.add_argument("--no-trl-waste", action="store_true", help="do not hook TRL's models to count its waste")
     args = parser.parse_args()
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (the first step is discarded)")
@@ -293,27 +386,27 @@ def main():
         raise SystemExit("TRL is not installed: pip install 'rlhfkit[bench]' (trl>=1.10,<1.13), "
                          "or run this script with the Python of a venv that has it") from None
     common.set_threads(args.threads)
-    paths = common.build(args.size, args.models_dir)
+    overrides = workload.overrides(args)  # fails here, before any model is built, on a missing RLConfig field
+    paths = workload.paths_for(args.workload, args.size, args.models_dir)
+    shape = workload.shape(args.workload, args.algo)
+    options = {"shape": shape, "overrides": overrides, "trl": trl_options(args), "count_trl": not args.no_trl_waste}
     machine = common.machine()
-    result = run_interleaved(args.algo, args.size, args.steps, paths, args.threads)
+    result = run_interleaved(args.algo, args.steps, paths, args.threads, options)
     ours, theirs = result[OURS], result[TRL]
-    print(f"# rlhfkit vs TRL {trl.__version__}: {args.algo}, {args.size} model, {args.steps} steps per side, "
-          f"interleaved (first discarded)")
-    print(f"machine: {machine}")
-    print(f"\n{'side':10s} {'step ms':>10s} {'generation':>11s} {'gc.collect':>11s} {'rest':>10s} {'tokens/step':>12s} "
-          f"{'tokens/s':>10s} {'peak RSS MiB':>13s}")
-    for side in (OURS, TRL):
-        r = result[side]
-        print(f"{side:10s} {r['step_s'] * 1e3:10.1f} {r['generation_s'] * 1e3:11.1f} {r['gc_s'] * 1e3:11.1f} "
-              f"{r['rest_s'] * 1e3:10.1f} {r['tokens_per_step']:12.0f} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:13.0f}")
-    print("(medians over the kept steps; generation: the loop's generate call; gc.collect: explicit calls; "
-          "rest: the step less both)")
+    built = paths.get("length_stats")
+    print_result(result, f"# rlhfkit vs TRL {trl.__version__}: {args.algo}, {args.size} model, {args.workload} "
+                 f"workload ({shape['prompts_per_step']} prompts x {shape['n']}, {shape['max_new_tokens']} new tokens), "
+                 f"{args.steps} steps per side, interleaved (first discarded)\nmachine: {machine}\n"
+                 f"ours: {args.ours_tag or 'defaults'} {overrides or ''}; TRL options: {options['trl'] or 'defaults'}"
+                 + (f"\nat build: sampled {workload.format_stats(built)}" if built else ""))
     ratio = ours["step_s"] / theirs["step_s"]
     rss_ratio = ours["peak_rss_mb"] / theirs["peak_rss_mb"]
     print(f"\nratio rlhfkit / TRL: step time {ratio:.3f}, peak RSS {rss_ratio:.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"algo": args.algo, "size": args.size, "steps": args.steps, "trl": trl.__version__,
+            json.dump({"algo": args.algo, "size": args.size, "workload": args.workload, "shape": shape,
+                       "steps": args.steps, "trl": trl.__version__, "trl_options": options["trl"],
+                       "ours_tag": args.ours_tag, "ours_options": overrides, "build_lengths": built,
                        "machine": machine, "threads": args.threads, "ratio": ratio, "rss_ratio": rss_ratio,
                        **result}, f, indent=1)
 
