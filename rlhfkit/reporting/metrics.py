@@ -237,6 +237,9 @@ METRICS: dict[str, MetricDef] = _defs(
      "Falling from its best while probe/score_mean rises: the overoptimization detector fires.", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
     ("probe/gold_se", "Standard error of probe/gold_mean (std / sqrt(probe_size)).", "reward",
      "The unit of the overoptimization detector's gold drop.", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
+    ("probe/gold_std", "Standard deviation of the probe's per-prompt gold (how much quality varies between "
+     "prompts).", "reward", "The first probe's value scales the overoptimization detector's smallest drop "
+     "(overopt_gold_effect).", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
     ("probe/gold_drop", "Mean per-prompt drop of the probe's gold from the best earlier probe (the starting "
      "policy's included): same prompts, same sampling keys.", "reward", "Above overopt_gold_drop x "
      "probe/gold_drop_se while probe/score_mean rises: the overoptimization detector fires.", ("rl",),

@@ -111,7 +111,8 @@ def run_probe(probe: Probe, models, step: int = 0, ensemble=None) -> dict:
     if models.gold is not None:
         gold = models.gold(exp).float()
         out["probe/gold_mean"] = float(gold.mean())
-        out["probe/gold_se"] = float(gold.std() / math.sqrt(len(gold))) if len(gold) > 1 else 0.0
+        out["probe/gold_std"] = float(gold.std()) if len(gold) > 1 else 0.0
+        out["probe/gold_se"] = out["probe/gold_std"] / math.sqrt(len(gold))
         if probe.best.get("gold") is not None and len(probe.best["gold"]) == len(gold):
             out["probe/gold_drop"], out["probe/gold_drop_se"] = paired_drop(torch.tensor(probe.best["gold"]), gold)
         probe.last_gold = gold.tolist()

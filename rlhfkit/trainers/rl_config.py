@@ -148,7 +148,7 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
     fsdp_cpu_offload: bool = option(False, "with fsdp: keep shards and optimizer state in CPU memory (GPU runs)")
     probe_every: int = option(10, "held-out probe every N steps (0: none): fixed prompts and sampling keys, "
                                   "measured against the reward, the gold reward and a reference (docs/health/README.md)")
-    probe_size: int = option(32, "prompts in the probe")
+    probe_size: int = option(64, "prompts in the probe")
     probe_data: str | None = option(None, "the probe's prompts (held out from training); default: a fixed sample "
                                           "of the training prompts")
     probe_kl_penalty: float = option(0.05, "best checkpoint without a gold reward: the probe's score - this x its "

@@ -181,3 +181,15 @@ def test_probe_samples_are_written_and_trimmed_on_resume(tiny_dir, data_dir, tmp
                   samples=tmp_path / "probe_samples.jsonl")
     probe.forget_after(1)
     assert [json.loads(x)["step"] for x in probe.samples.read_text().splitlines()] == [0, 0, 0, 1, 1, 1]
+
+
+def test_overoptimization_needs_a_drop_that_matters():
+    # A measurable but small dip (0.05 with a paired se of 0.01) is what healthy runs show early;
+    # with the first probe's per-prompt gold spread 0.4, the smallest drop that fires is 0.35 x 0.4 = 0.14.
+    rows = stream(gold=[0.10, 0.12, 0.07, -0.05], score=[0.3, 0.6, 0.9, 1.0], se=0.1)
+    for row, drop in zip(rows, [None, None, 0.05, 0.17]):
+        row["step"] -= 10
+        row["probe/gold_std"] = 0.4
+        if drop is not None:
+            row.update({"probe/gold_drop": drop, "probe/gold_drop_se": 0.01})
+    assert [w.step for w in fires(rows)] == [30]

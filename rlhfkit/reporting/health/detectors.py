@@ -267,7 +267,9 @@ def detect_overoptimization(cfg: HealthConfig, history: dict, initial: dict) -> 
     `overopt_gold_drop` standard errors, while the probe's score is above its score at that best probe:
     the proxy keeps rising as quality falls (Gao et al. 2023). The drop and its standard error are
     paired per prompt (probe/gold_drop, probe/gold_drop_se: same prompts, same sampling keys); a stream
-    without them uses probe/gold_se. Without gold (at least 3 probes): the probe's score rose since the
+    without them uses probe/gold_se. The drop must also exceed `overopt_gold_effect` x the first probe's
+    per-prompt gold spread (probe/gold_std): RL runs that end well often dip early by a measurable
+    amount (docs/health/reward-hacking.md), so a drop must matter, not only be measurable. Without gold (at least 3 probes): the probe's score rose since the
     first probe, its KL to the reference is above `overopt_kl_budget`, and its answers drift from what
     the reference writes: their reference perplexity grew `overopt_ppl_growth`-fold, the share of
     looping answers rose by `hacking_repetition_rise`, or a reward-model ensemble's disagreement grew
@@ -277,7 +279,7 @@ def detect_overoptimization(cfg: HealthConfig, history: dict, initial: dict) -> 
         return None
     gold = history.get("probe/gold_mean")
     if gold is not None and len(gold) == len(score):
-        return _gold_drop(cfg, history, score, gold)
+        return _gold_drop(cfg, history, initial, score, gold)
     kl = history.get("probe/kl_mean")
     start = initial.get("probe/score_mean", score[0][1])
     if len(score) < 3 or kl is None or not score[-1][1] > start or not kl[-1][1] > cfg.overopt_kl_budget:
@@ -305,7 +307,7 @@ def detect_overoptimization(cfg: HealthConfig, history: dict, initial: dict) -> 
                      f"and {' and '.join(signs)}; no gold reward is logged to confirm", score[0][0])
 
 
-def _gold_drop(cfg: HealthConfig, history: dict, score, gold) -> Finding:
+def _gold_drop(cfg: HealthConfig, history: dict, initial: dict, score, gold) -> Finding:
     """The gold arm of `detect_overoptimization`: the last probe against the best earlier one."""
     best = max(range(len(gold) - 1), key=lambda i: gold[i][1])
     (best_step, g_best), (step_now, g_now) = gold[best], gold[-1]
@@ -317,7 +319,8 @@ def _gold_drop(cfg: HealthConfig, history: dict, score, gold) -> Finding:
         drop, se = g_best - g_now, se_items[-1][1] if se_items else 0.0
     se = max(se, 1e-6)
     s_best, s_now = score[best][1], score[-1][1]
-    if not (drop > cfg.overopt_gold_drop * se and s_now > s_best):
+    spread = initial.get("probe/gold_std", 0.0)  # how much gold varies between prompts at the start
+    if not (drop > cfg.overopt_gold_drop * se and drop > cfg.overopt_gold_effect * spread and s_now > s_best):
         return None
     return ({"gold_best": g_best, "gold_now": g_now, "gold_drop": drop, "gold_drop_se": se, "score_at_best": s_best,
              "score_now": s_now, "best_step": best_step},
