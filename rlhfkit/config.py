@@ -22,13 +22,14 @@ from rlhfkit.errors import ConfigError  # noqa: F401  (re-exported: the config l
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
            choices: tuple | None = None, aliases: tuple[str, ...] = (), flag: str | None = None,
-           group: str | None = None):
+           group: str | None = None, append: bool = False):
     """A dataclass field with its help text (and allowed values) for the CLI and docs.
 
     flag: the command-line spelling when it is not `--field-name` (e.g. "--samples-per-prompt" for
     `n`: torchrun would read `--n` as an abbreviation of its own options); aliases: extra spellings;
-    group: the `--help` section (see `add_arguments`)."""
-    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "flag": flag, "group": group}
+    group: the `--help` section (see `add_arguments`); append: a repeatable flag (`--x a --x b`)."""
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "flag": flag, "group": group,
+            "append": append}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -13,6 +13,7 @@ from rlhfkit.algos.advantages import (
     sequence_returns,
 )
 from rlhfkit.algos.diversity import distinct_n, length_quantiles, perplexity, repeated_ngram_fraction
+from rlhfkit.algos.ensemble import ensemble_reward
 from rlhfkit.algos.dpo import (
     PREFERENCE_LOSSES,
     PreferenceInputs,
@@ -73,6 +74,7 @@ from rlhfkit.algos.trpo import (
 )
 
 __all__ = [
+    "ensemble_reward",
     # masking and aggregation
     "AGG_MODES", "aggregate_loss", "aggregation_normalizer", "explained_variance", "masked_count",
     "masked_mean", "masked_sum", "masked_var", "masked_whiten",

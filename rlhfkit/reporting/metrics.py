@@ -77,6 +77,10 @@ METRICS: dict[str, MetricDef] = _defs(
      "(the estimator receives the clamped scores).",
      "reward", "Hovers near 0 once the running moments settle; a drift far from 0 means the moments "
      "are lagging the score distribution.", ("rl",), "normalize_rewards is true"),
+    ("reward/ensemble_std", "Disagreement of a reward-model ensemble on the step's responses: the members' "
+     "standard deviation per response (each member normalized), averaged (this rank's rows).", "reward",
+     "Rising: the policy's answers are where the reward models disagree (where a single one is least "
+     "trustworthy); reward_ensemble_k > 0 pays less for them.", ("rl",), "two or more reward models"),
     ("reward/remote_failures",
      "Failed requests to reward services and judges during the step (no connection, timeout, HTTP error, "
      "an answer that is not one finite number per row), retried ones included; only with --reward-url or "
@@ -233,6 +237,21 @@ METRICS: dict[str, MetricDef] = _defs(
      "Falling from its best while probe/score_mean rises: the overoptimization detector fires.", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
     ("probe/gold_se", "Standard error of probe/gold_mean (std / sqrt(probe_size)).", "reward",
      "The unit of the overoptimization detector's gold drop.", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
+    ("probe/gold_std", "Standard deviation of the probe's per-prompt gold (how much quality varies between "
+     "prompts).", "reward", "The first probe's value scales the overoptimization detector's smallest drop "
+     "(overopt_gold_effect).", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
+    ("probe/gold_drop", "Mean per-prompt drop of the probe's gold from the best earlier probe (the starting "
+     "policy's included): same prompts, same sampling keys.", "reward", "Above overopt_gold_drop x "
+     "probe/gold_drop_se while probe/score_mean rises: the overoptimization detector fires.", ("rl",),
+     "probe_every > 0, on probe steps after the first, with a gold_fn"),
+    ("probe/gold_drop_se", "Standard error of probe/gold_drop: std of the per-prompt differences / "
+     "sqrt(probe_size) (paired, so much smaller than probe/gold_se while the policy stays close).", "reward",
+     "The unit of the overoptimization detector's gold drop.", ("rl",),
+     "probe_every > 0, on probe steps after the first, with a gold_fn"),
+    ("probe/ensemble_std", "Disagreement of a reward-model ensemble on the probe's answers: the members' "
+     "standard deviation per answer, averaged.", "reward", "Growing overopt_disagreement_growth-fold from its "
+     "start: the policy left the ground the reward models agree on.", ("rl",),
+     "probe_every > 0 and two or more reward models, on probe steps"),
     ("probe/kl_mean", "KL (k1, summed per response, mean over the probe) of the policy to the reference on "
      "the probe's answers; measured even with kl_coef 0.", "nats", "Grows as the policy leaves the reference; "
      "beyond overopt_kl_budget a rising score is suspect.", ("rl",), "probe_every > 0, on probe steps"),

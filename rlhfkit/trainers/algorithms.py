@@ -172,6 +172,6 @@ def resolve_algorithm(cfg) -> Algorithm:
         ppo_epochs=epochs, batch_size=batch, minibatch_size=minibatch, micro_batch_size=cfg.micro_batch_size or minibatch,
         micro_batch_tokens=cfg.micro_batch_tokens,
         single_pass=single_pass,
-        critic_init=(cfg.critic or cfg.reward_model or cfg.policy) if spec.critic else None,
+        critic_init=(cfg.critic or next(iter(cfg.reward_model), None) or cfg.policy) if spec.critic else None,
         critic_lr=(cfg.critic_lr or 5 * cfg.lr) if spec.critic else None,
         prime_lr=(cfg.prime_lr or cfg.lr) if spec.process_reward else None)

@@ -41,6 +41,10 @@ def train_rl(cfg: RLConfig) -> dict:
     stop, metrics = StopFlag(), {}
     try:
         with stop.installed():
+            if run.probe is not None:
+                run.probe.forget_after(step)
+                if step == 0:  # the starting policy's probe: what every later probe is compared with
+                    _probe_at_start(run, logger, ckpts)
             while step < cfg.steps:
                 rng = rng_state()  # a step that fails in scoring is saved as not begun (its samples drew on the RNG)
                 try:
@@ -62,6 +66,8 @@ def train_rl(cfg: RLConfig) -> dict:
                 if action == "rollback":
                     logger.close()
                     logger = _new_logger(run, target)
+                    if run.probe is not None:
+                        run.probe.forget_after(target)
                     logger.event(target, "rollback", f"rolled back from step {step} to the checkpoint of step "
                                  f"{target} after {fired}; policy lr halved")
                     step = target
@@ -85,13 +91,21 @@ def train_rl(cfg: RLConfig) -> dict:
             run.probe is not None and run.probe.best else {}), **metrics}
 
 
+def _probe_at_start(run: RLRun, logger, ckpts) -> None:
+    """Probe the starting policy (step 0): logged as a row of probe/* metrics, seen by the health monitor,
+    and the first candidate for OUTPUT/best."""
+    start = _probe(run, 0)
+    logger.log(0, start)
+    _health(run, logger, 0, start, ckpts)
+
+
 def _probe(run: RLRun, step: int) -> dict:
     """The held-out probe's metrics; the policy is kept as OUTPUT/best when this probe is the best yet
     (not under FSDP, whose sharded weights are only gathered for the final save)."""
     from rlhfkit.models import save_model
     from rlhfkit.trainers.probe import keep_if_best, run_probe
 
-    out = run_probe(run.probe, run.models)
+    out = run_probe(run.probe, run.models, step, ensemble=run.models.ensemble)
     if not run.cfg.fsdp:
         save = (lambda folder: save_model(run.models.policy, run.models.tokenizer, folder)) if run.world.main \
             else (lambda folder: None)

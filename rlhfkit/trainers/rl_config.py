@@ -49,8 +49,11 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
     algo: str = option("ppo", "the RL algorithm (docs/rl/README.md)", choices=tuple(ALGORITHMS))
     preset: str | None = option(None, "a named set of defaults that explicit settings override: "
                                       + ", ".join(PRESETS) + " (docs/rl/ppo-max.md)", choices=(None, *PRESETS))
-    reward_model: str | None = option(None, "reward model folder (saved by `rlhfkit rm`, or any "
-                                            "AutoModelForSequenceClassification with num_labels=1)")
+    reward_model: tuple[str, ...] = option((), "reward model folder (saved by `rlhfkit rm`, or any "
+                                               "AutoModelForSequenceClassification with num_labels=1); repeat "
+                                               "the flag for an ensemble (reward_ensemble_k)", append=True)
+    reward_ensemble_k: float = option(0.0, "with several reward models: the reward is their mean - this x their "
+                                           "standard deviation (0: the mean; a conservative reward for k > 0)")
     reward_fn: str | None = option(None, "reward function instead of a model: path/to/file.py:fn, module:fn or "
                                          "exact_match; called as fn(prompts, responses, **fields) -> list of floats")
     gold_fn: str | None = option(None, "optional second function logged as reward/gold_mean (never trained on): "
@@ -151,7 +154,7 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
     fsdp_cpu_offload: bool = option(False, "with fsdp: keep shards and optimizer state in CPU memory (GPU runs)")
     probe_every: int = option(10, "held-out probe every N steps (0: none): fixed prompts and sampling keys, "
                                   "measured against the reward, the gold reward and a reference (docs/health/README.md)")
-    probe_size: int = option(32, "prompts in the probe")
+    probe_size: int = option(64, "prompts in the probe")
     probe_data: str | None = option(None, "the probe's prompts (held out from training); default: a fixed sample "
                                           "of the training prompts")
     probe_kl_penalty: float = option(0.05, "best checkpoint without a gold reward: the probe's score - this x its "
@@ -162,7 +165,7 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
     # `rlhfkit rl --help` sections, in order; the health_* fields form the last one ("run health").
     ARG_GROUPS: typing.ClassVar[dict] = {
         "what to train, on what, judged by what": (
-            "policy", "prompts", "output", "algo", "preset", "reward_model", "reward_fn", "gold_fn", "critic", "prompt_field"),
+            "policy", "prompts", "output", "algo", "preset", "reward_model", "reward_ensemble_k", "reward_fn", "gold_fn", "critic", "prompt_field"),
         "rewards served elsewhere": (
             "reward_url", "reward_batch_size", "reward_concurrency", "reward_timeout", "reward_retries",
             "reward_on_error", "reward_judge_url", "reward_judge_model", "reward_judge_template",
@@ -228,10 +231,15 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
         if self.preset is not None:
             apply_preset(self, getattr(self, "_given", set()))
         spec = get_algorithm(self.algo)
-        if self.reward_model is not None and self.reward_fn is not None:
+        self.reward_model = (self.reward_model,) if isinstance(self.reward_model, str) \
+            else tuple(self.reward_model or ())
+        if self.reward_ensemble_k < 0 or (self.reward_ensemble_k > 0 and len(self.reward_model) < 2):
+            raise ConfigError(f"reward_ensemble_k {self.reward_ensemble_k}: must be >= 0, and > 0 only with two or "
+                              "more reward models (--reward-model a --reward-model b)")
+        if self.reward_model and self.reward_fn is not None:
             raise ConfigError("give at most one of --reward-model (a folder) or --reward-fn (file.py:function); "
                               "add more sources with --reward-url or --reward-judge-url")
-        if self.reward_model is None and self.reward_fn is None and not self.reward_url and not self.reward_judge_url:
+        if not self.reward_model and self.reward_fn is None and not self.reward_url and not self.reward_judge_url:
             raise ConfigError("give a reward: --reward-model (a folder), --reward-fn (file.py:function), "
                               "--reward-url (a reward service) or --reward-judge-url (a judge)")
         self.check_remote_rewards()

@@ -19,6 +19,7 @@ from rlhfkit.config import ConfigError, save_config
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthMonitor
 from rlhfkit.rollout import (Engine, FunctionScorer, GenerationSettings, load_reward_function, load_reward_scorer,
                              make_engine)
+from rlhfkit.rollout.ensemble import EnsembleScorer
 from rlhfkit.rollout.sources import with_remote_rewards
 from rlhfkit.trainers.algorithms import Algorithm, resolve_algorithm
 from rlhfkit.trainers.common import configure_cpu_threads, make_optimizer, make_scheduler, set_seed
@@ -42,6 +43,7 @@ class Models:
     # The probe's reference when training loads none (kl_coef 0): a frozen copy, or LoRA's adapters off.
     monitor_reference: torch.nn.Module | None = None
     monitor_context: object = None
+    ensemble: object = None  # rollout.ensemble.EnsembleScorer with several reward models (also inside scorer)
 
     def trained(self) -> dict:
         """name -> module of every model with an optimizer (their weights are checkpointed)."""
@@ -118,9 +120,12 @@ def build_models(cfg, algo: Algorithm, device) -> Models:
         ref_context = M.adapters_disabled if algo.needs_reference else None
     elif algo.needs_reference:
         reference = M.load_reference(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
-    local = None
+    local, ensemble = None, None
     if cfg.reward_model:
-        local = load_reward_scorer(cfg.reward_model, tokenizer, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+        members = [load_reward_scorer(path, tokenizer, dtype=cfg.dtype, device=device, trust_remote_code=trc)
+                   for path in cfg.reward_model]
+        local = ensemble = EnsembleScorer(members, cfg.reward_ensemble_k) if len(members) > 1 else None
+        local = local or members[0]
     elif cfg.reward_fn:
         local = FunctionScorer(load_reward_function(cfg.reward_fn))
     scorer = with_remote_rewards(cfg, local)  # + --reward-url services and the --reward-judge-url judge
@@ -139,7 +144,7 @@ def build_models(cfg, algo: Algorithm, device) -> Models:
             monitor_reference = M.load_reference(cfg.policy, dtype=cfg.dtype, device=device, trust_remote_code=trc)
     return Models(tokenizer=tokenizer, policy=policy, scorer=scorer, reference=reference, ref_context=ref_context,
                   gold=gold, critic=critic, prm=prm, monitor_reference=monitor_reference,
-                  monitor_context=monitor_context)
+                  monitor_context=monitor_context, ensemble=ensemble)
 
 
 def build_optimizers(cfg, algo: Algorithm, models: Models) -> Optimizers:
@@ -211,7 +216,8 @@ def setup_rl(cfg) -> RLRun:
     models = build_models(cfg, algo, device)
     broadcast_parameters(w, models.trained().values())
     if cfg.fsdp:  # before the optimizers: they must hold the sharded parameters
-        frozen = [models.reference, getattr(models.scorer, "reward_model", None)]
+        frozen = [models.reference, *(models.ensemble.reward_models if models.ensemble is not None
+                                      else [getattr(models.scorer, "reward_model", None)])]
         for m in [*models.trained().values(), *(f for f in frozen if f is not None)]:
             shard_model(m, cfg.fsdp_param_dtype, cfg.fsdp_cpu_offload)
     rows, prompt_stats = tokenize_prompts(load_prompts(cfg.prompts, prompt_field=cfg.prompt_field), models.tokenizer,
@@ -233,4 +239,4 @@ def setup_rl(cfg) -> RLRun:
     engine = make_engine(cfg.engine, models.policy, models.tokenizer)
     return RLRun(cfg=cfg, algo=algo, world=w, device=device, threads=threads, models=models, opt=opt, ctl=ctl,
                  engine=engine, rows=rows, prompt_stats=prompt_stats, settings=settings, ptx=ptx, out_dir=out_dir,
-                 probe=build_probe(cfg, models.tokenizer, rows))
+                 probe=build_probe(cfg, models.tokenizer, rows, out_dir / "probe_samples.jsonl" if w.main else None))

@@ -71,7 +71,7 @@ def moved(a: dict, start: dict) -> float:
 
 def metrics(path) -> list[dict]:
     rows = [json.loads(line) for line in open(os.path.join(path, "metrics.jsonl"))]
-    return [r for r in rows if "event" not in r]
+    return [r for r in rows if "event" not in r and r["step"] > 0]  # step 0: the starting policy's probe
 
 
 def rl_args(tiny_dir, data_dir, out, algo: str, extra=()) -> list[str]:

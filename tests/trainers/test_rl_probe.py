@@ -16,10 +16,12 @@ def test_probe_measures_the_kl_even_without_a_kl_penalty_and_keeps_the_best(tiny
     result = train_rl(rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", kl_coef=0.0, steps=4, probe_every=2,
                                 probe_size=4, lr=3e-3, gold_fn=f"{data_dir / 'reward.py'}:distinct"))
     rows = read_metrics(tmp_path)
-    probed = [r for r in rows if "probe/score_mean" in r]
-    assert [r["step"] for r in probed] == [2, 4]
+    probed = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if "probe/score" in x]
+    assert [r["step"] for r in probed] == [0, 2, 4]  # step 0: the starting policy
     assert all("probe/kl_mean" in r and "probe/gold_mean" in r and r["probe/ppl_ref"] > 1 for r in probed)
+    assert abs(probed[0]["probe/kl_mean"]) < 1e-5 and "probe/gold_drop" not in probed[0]  # the reference itself
     assert probed[-1]["probe/kl_mean"] != 0.0  # a reference was loaded for the probe alone
+    assert all(r["probe/gold_drop_se"] >= 0 for r in probed[1:])
     assert all(r["kl/mean"] == 0.0 for r in rows)  # training still has no KL term
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["criterion"] == "probe/gold_mean"
@@ -91,3 +93,103 @@ def test_best_checkpoint_choice(tmp_path):
     keep_if_best(probe, {"probe/score_mean": 9.0, "probe/kl_mean": 100.0}, 4, saved.append, tmp_path)
     assert probe.best["step"] == 3  # a high score far from the reference is not better
     assert json.loads((tmp_path / "best.json").read_text())["step"] == 3
+
+
+def test_paired_drop_by_hand():
+    from rlhfkit.trainers.probe import paired_drop
+
+    # differences 0.2, 0.0, 0.2: mean 2/15, sample std sqrt(1/75), se sqrt(1/75) / sqrt(3) = 1/15
+    drop, se = paired_drop(torch.tensor([0.5, 0.2, 0.1]), torch.tensor([0.3, 0.2, -0.1]))
+    assert drop == pytest.approx(2 / 15) and se == pytest.approx(1 / 15)
+
+
+def test_overoptimization_reads_the_paired_drop():
+    # The probe's gold wanders within its unpaired standard error (0.1), but per prompt it fell by 0.06
+    # with a paired standard error of 0.01: the same answers got worse. Probes from step 0.
+    rows = stream(gold=[0.10, 0.12, 0.06], score=[0.3, 0.6, 0.9], se=0.1)
+    for row in rows:
+        row["step"] -= 10
+    assert fires(rows) == []  # unpaired: 0.06 < 2 x 0.1
+    rows[2].update({"probe/gold_drop": 0.06, "probe/gold_drop_se": 0.01})
+    found = fires(rows)
+    assert [w.step for w in found] == [20] and found[0].since == 10
+    assert found[0].figures["gold_drop_se"] == pytest.approx(0.01)
+    rows[2].update({"probe/gold_drop_se": 0.04})  # 1.5 paired standard errors: noise
+    assert fires(rows) == []
+
+
+def test_overoptimization_compares_with_the_first_probe_and_ensemble_disagreement():
+    score = [0.3, 0.6, 0.9, 1.1, 1.3]
+    rows = stream(None, score, kl=[0, 4, 8, 12, 16], ppl=[5.0, 5.1, 5.2, 5.3, 5.4])  # no perplexity drift
+    assert fires(rows) == []
+    for row, spread in zip(rows, [0.1, 0.12, 0.15, 0.25, 0.3]):
+        row["probe/ensemble_std"] = spread
+    found = fires(rows)  # the reward models disagree 2.5x more than at the first probe
+    assert [w.step for w in found] == [40] and found[0].figures["ensemble_std_start"] == pytest.approx(0.1)
+    assert "disagree 2.5x more" in found[0].message
+
+
+def test_reward_model_ensemble_in_a_run(tiny_dir, data_dir, tmp_path):
+    from rlhfkit.cli import main
+    from rlhfkit.models import load_tokenizer
+    from rlhfkit.models.tiny import build_tiny_classifier
+    from rlhfkit.trainers.rl import train_rl
+
+    tok = load_tokenizer(tiny_dir)
+    folders = []
+    for seed in (3, 4):
+        folder = tmp_path / f"rm{seed}"
+        build_tiny_classifier(tok, seed=seed, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(str(folder))
+        tok.save_pretrained(str(folder))
+        folders.append(str(folder))
+    kw = dict(algo="grpo", steps=2, probe_every=2, probe_size=3, reward_fn=None, seeded_sampling=True)
+    one = [train_rl(rl_config(tiny_dir, data_dir, tmp_path / f"one{i}", reward_model=f, **kw)) for i, f in
+           enumerate(folders)]
+    both = train_rl(rl_config(tiny_dir, data_dir, tmp_path / "both", reward_model=tuple(folders), **kw))
+    rows = read_metrics(tmp_path / "both")
+    singles = [read_metrics(tmp_path / f"one{i}") for i in range(2)]
+    # Step 1 samples the same responses in the three runs: the ensemble's score is the members' mean,
+    # its spread half their gap (two members: population std = |a - b| / 2, averaged over rows).
+    assert rows[0]["reward/score_mean"] == pytest.approx(
+        (singles[0][0]["reward/score_mean"] + singles[1][0]["reward/score_mean"]) / 2, abs=1e-5)
+    assert rows[0]["reward/ensemble_std"] > 0
+    assert "probe/ensemble_std" in rows[-1] and "reward/ensemble_std" not in singles[0][0]
+    assert both["output"] and one[0]["output"]
+    # the CLI repeats the flag; k > 0 pays less for disputed answers
+    out = tmp_path / "cli"
+    assert main(["rl", "--algo", "grpo", "--policy", str(tiny_dir), "--prompts", str(data_dir / "prompts.jsonl"),
+                 "--reward-model", folders[0], "--reward-model", folders[1], "--reward-ensemble-k", "1",
+                 "--output", str(out), "--steps", "1", "--prompts-per-step", "2", "--max-new-tokens", "6",
+                 "--probe-every", "0", "--seeded-sampling", "--device", "cpu"]) == 0
+    row = read_metrics(out)[0]
+    assert row["reward/score_mean"] < rows[0]["reward/score_mean"]  # mean - std < mean (same samples)
+    import yaml
+    assert yaml.safe_load((out / "config.yaml").read_text())["reward_model"] == folders
+
+
+def test_probe_samples_are_written_and_trimmed_on_resume(tiny_dir, data_dir, tmp_path):
+    from rlhfkit.rollout import GenerationSettings
+    from rlhfkit.trainers.probe import Probe
+    from rlhfkit.trainers.rl import train_rl
+
+    train_rl(rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", steps=2, probe_every=1, probe_size=3,
+                       gold_fn=f"{data_dir / 'reward.py'}:distinct"))
+    lines = [json.loads(x) for x in (tmp_path / "probe_samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert {"prompt", "response", "score", "gold"} <= set(lines[0])
+    probe = Probe(rows=[], settings=GenerationSettings(max_new_tokens=1), keys=torch.zeros(0), kl_penalty=0.0,
+                  samples=tmp_path / "probe_samples.jsonl")
+    probe.forget_after(1)
+    assert [json.loads(x)["step"] for x in probe.samples.read_text().splitlines()] == [0, 0, 0, 1, 1, 1]
+
+
+def test_overoptimization_needs_a_drop_that_matters():
+    # A measurable but small dip (0.05 with a paired se of 0.01) is what healthy runs show early;
+    # with the first probe's per-prompt gold spread 0.4, the smallest drop that fires is 0.35 x 0.4 = 0.14.
+    rows = stream(gold=[0.10, 0.12, 0.07, -0.05], score=[0.3, 0.6, 0.9, 1.0], se=0.1)
+    for row, drop in zip(rows, [None, None, 0.05, 0.17]):
+        row["step"] -= 10
+        row["probe/gold_std"] = 0.4
+        if drop is not None:
+            row.update({"probe/gold_drop": drop, "probe/gold_drop_se": 0.01})
+    assert [w.step for w in fires(rows)] == [30]

@@ -23,7 +23,7 @@ def run(tiny_dir, data_dir, out, **kw) -> tuple[dict, list[dict]]:
 
     result = train_rl(rl_config(tiny_dir, data_dir, out, **kw))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return result, [r for r in rows if "event" not in r]
+    return result, [r for r in rows if "event" not in r and r["step"] > 0]  # step 0: the start's probe
 
 
 def flat(model) -> torch.Tensor:

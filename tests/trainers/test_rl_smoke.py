@@ -27,7 +27,7 @@ def rl_config(tiny_dir, data_dir, out, **kw):
 
 def read_metrics(out):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "event" not in r]
+    return [r for r in rows if "event" not in r and r["step"] > 0]  # step 0: the starting policy's probe
 
 
 def final_params(path):

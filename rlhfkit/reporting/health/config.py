@@ -17,8 +17,8 @@ DETECTOR_NAMES = ("kl_runaway", "entropy_collapse", "reward_hacking", "value_ins
 WATCHED = ("kl/mean", "kl/coef", "policy/entropy", "reward/score_mean", "reward/score_std", "reward/gold_mean",
            "response/length_mean", "loss/value", "value/explained_variance", "policy/clipfrac",
            "policy/approx_kl", "response/repeat_3gram_fraction", "response/distinct_2", "probe/score_mean",
-           "probe/gold_mean", "probe/gold_se", "probe/kl_mean", "probe/ppl_ref", "probe/repeat_3gram_fraction",
-           "probe/length_mean")
+           "probe/gold_mean", "probe/gold_se", "probe/gold_std", "probe/gold_drop", "probe/gold_drop_se", "probe/kl_mean", "probe/ppl_ref",
+           "probe/repeat_3gram_fraction", "probe/length_mean", "probe/ensemble_std")
 
 
 
@@ -72,9 +72,11 @@ class HealthConfig:
     clipfrac_max: float = 0.3        # median policy/clipfrac over the window above this fires
     # 7. overoptimization: on the held-out probe, the proxy score keeps rising while quality falls
     overoptimization_policy: str = "warn"
-    overopt_gold_drop: float = 2.0   # probe gold below its best by this many standard errors fires...
+    overopt_gold_drop: float = 2.0   # probe gold below its best by this many (paired) standard errors...
+    overopt_gold_effect: float = 0.35  # ...and by this x the first probe's per-prompt gold std (a drop that matters)
     overopt_kl_budget: float = 10.0  # without gold: probe KL to the reference above this (nats/response)...
     overopt_ppl_growth: float = 1.5  # ...and reference perplexity of the probe's answers x this since the start
+    overopt_disagreement_growth: float = 2.0  # ...or a reward-model ensemble's disagreement x this since the start
 
     def __post_init__(self):
         for name in DETECTOR_NAMES:
@@ -96,11 +98,13 @@ class HealthConfig:
                      "hacking_repetition_rise"):
             if not 0.0 < float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{_field(name)} must lie in (0, 1], got {getattr(self, name)!r}")
-        for name in ("kl_growth", "hacking_length_growth", "value_spike", "overopt_ppl_growth"):
+        for name in ("kl_growth", "hacking_length_growth", "value_spike", "overopt_ppl_growth",
+                     "overopt_disagreement_growth"):
             if float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{_field(name)} is a growth factor and must be > 1, got {getattr(self, name)!r}")
         for name in ("kl_max", "kl_min", "hacking_t", "value_oscillation", "stalled_score_change", "stalled_kl",
-                     "stalled_approx_kl", "clipfrac_max", "entropy_floor", "overopt_gold_drop", "overopt_kl_budget"):
+                     "stalled_approx_kl", "clipfrac_max", "entropy_floor", "overopt_gold_drop", "overopt_kl_budget",
+                     "overopt_gold_effect"):
             if not float(getattr(self, name)) >= 0.0:
                 raise ConfigError(f"{_field(name)} must be >= 0, got {getattr(self, name)!r}")
 

@@ -262,49 +262,72 @@ def detect_clipfrac_high(cfg: HealthConfig, history: dict, initial: dict) -> Fin
 
 
 def detect_overoptimization(cfg: HealthConfig, history: dict, initial: dict) -> Finding:
-    """On the held-out probe (probe/* metrics, every probe_every steps; at least 3 probes). With a gold
-    reward: the last probe's gold is below the best probe gold seen by more than `overopt_gold_drop` x
-    its standard error (probe/gold_se), while the probe's score is above its score at that best probe:
-    the proxy keeps rising as quality falls (Gao et al. 2023). Without gold: the probe's score rose
-    since the first probe, its KL to the reference is above `overopt_kl_budget`, and its answers drift
-    from what the reference writes: their reference perplexity grew `overopt_ppl_growth`-fold, or the
-    share of looping answers rose by `hacking_repetition_rise`."""
+    """On the held-out probe (probe/* metrics, every probe_every steps from step 0). With a gold reward:
+    the last probe's gold is below the best probe's (the starting policy's included) by more than
+    `overopt_gold_drop` standard errors, while the probe's score is above its score at that best probe:
+    the proxy keeps rising as quality falls (Gao et al. 2023). The drop and its standard error are
+    paired per prompt (probe/gold_drop, probe/gold_drop_se: same prompts, same sampling keys); a stream
+    without them uses probe/gold_se. The drop must also exceed `overopt_gold_effect` x the first probe's
+    per-prompt gold spread (probe/gold_std): RL runs that end well often dip early by a measurable
+    amount (docs/health/reward-hacking.md), so a drop must matter, not only be measurable. Without gold (at least 3 probes): the probe's score rose since the
+    first probe, its KL to the reference is above `overopt_kl_budget`, and its answers drift from what
+    the reference writes: their reference perplexity grew `overopt_ppl_growth`-fold, the share of
+    looping answers rose by `hacking_repetition_rise`, or a reward-model ensemble's disagreement grew
+    `overopt_disagreement_growth`-fold."""
     score = history.get("probe/score_mean")
-    if score is None or len(score) < 3:
+    if score is None or len(score) < 2:
         return None
     gold = history.get("probe/gold_mean")
     if gold is not None and len(gold) == len(score):
-        best = max(range(len(gold) - 1), key=lambda i: gold[i][1])
-        (best_step, g_best), (_, g_now) = gold[best], gold[-1]
-        se_items = history.get("probe/gold_se")
-        se = max(se_items[-1][1] if se_items else 0.0, 1e-6)
-        s_best, s_now = score[best][1], score[-1][1]
-        if g_best - g_now > cfg.overopt_gold_drop * se and s_now > s_best:
-            return ({"gold_best": g_best, "gold_now": g_now, "gold_se": se, "score_at_best": s_best,
-                     "score_now": s_now, "best_step": best_step},
-                    f"on the held-out probe the gold reward fell from {_fmt(g_best)} (step {best_step}) to "
-                    f"{_fmt(g_now)} ({(g_best - g_now) / se:.1f} standard errors) while the score rose from "
-                    f"{_fmt(s_best)} to {_fmt(s_now)}: the policy is optimizing the proxy past the point where "
-                    f"it helps; the best probe's policy is kept in OUTPUT/best", best_step)
-        return None
+        return _gold_drop(cfg, history, initial, score, gold)
     kl = history.get("probe/kl_mean")
-    if kl is None or not score[-1][1] > score[0][1] or not kl[-1][1] > cfg.overopt_kl_budget:
+    start = initial.get("probe/score_mean", score[0][1])
+    if len(score) < 3 or kl is None or not score[-1][1] > start or not kl[-1][1] > cfg.overopt_kl_budget:
         return None
-    figures = {"score_start": score[0][1], "score_now": score[-1][1], "kl_now": kl[-1][1]}
+    figures = {"score_start": start, "score_now": score[-1][1], "kl_now": kl[-1][1]}
     signs = []
-    ppl = history.get("probe/ppl_ref")
-    if ppl is not None and ppl[0][1] > 0 and ppl[-1][1] > cfg.overopt_ppl_growth * ppl[0][1]:
-        figures.update(ppl_ref_start=ppl[0][1], ppl_ref_now=ppl[-1][1])
-        signs.append(f"the reference finds its answers {ppl[-1][1] / ppl[0][1]:.1f}x more perplexing")
+    for name, growth, words in (("probe/ppl_ref", cfg.overopt_ppl_growth, "the reference finds its answers "
+                                 "{:.1f}x more perplexing"),
+                                ("probe/ensemble_std", cfg.overopt_disagreement_growth, "the reward models "
+                                 "disagree {:.1f}x more")):
+        items = history.get(name)
+        first = initial.get(name, items[0][1] if items else 0.0)
+        if items and first > 0 and items[-1][1] > growth * first:
+            figures.update({f"{name.split('/')[1]}_start": first, f"{name.split('/')[1]}_now": items[-1][1]})
+            signs.append(words.format(items[-1][1] / first))
     repeat = history.get("probe/repeat_3gram_fraction")
-    if repeat is not None and repeat[-1][1] - repeat[0][1] > cfg.hacking_repetition_rise:
-        figures.update(repeat_start=repeat[0][1], repeat_now=repeat[-1][1])
-        signs.append(f"looping answers rose from {repeat[0][1]:.0%} to {repeat[-1][1]:.0%}")
+    first = initial.get("probe/repeat_3gram_fraction", repeat[0][1] if repeat else 0.0)
+    if repeat is not None and repeat[-1][1] - first > cfg.hacking_repetition_rise:
+        figures.update(repeat_start=first, repeat_now=repeat[-1][1])
+        signs.append(f"looping answers rose from {first:.0%} to {repeat[-1][1]:.0%}")
     if not signs:
         return None
-    return (figures, f"on the held-out probe the score rose from {_fmt(score[0][1])} to {_fmt(score[-1][1])} "
+    return (figures, f"on the held-out probe the score rose from {_fmt(start)} to {_fmt(score[-1][1])} "
                      f"with a KL of {_fmt(kl[-1][1])} nats to the reference (budget {_fmt(cfg.overopt_kl_budget)}) "
                      f"and {' and '.join(signs)}; no gold reward is logged to confirm", score[0][0])
+
+
+def _gold_drop(cfg: HealthConfig, history: dict, initial: dict, score, gold) -> Finding:
+    """The gold arm of `detect_overoptimization`: the last probe against the best earlier one."""
+    best = max(range(len(gold) - 1), key=lambda i: gold[i][1])
+    (best_step, g_best), (step_now, g_now) = gold[best], gold[-1]
+    drop_items, se_items = history.get("probe/gold_drop"), history.get("probe/gold_drop_se")
+    if drop_items and se_items and drop_items[-1][0] == step_now:  # paired with the best probe, per prompt
+        drop, se = drop_items[-1][1], se_items[-1][1]
+    else:
+        se_items = history.get("probe/gold_se")
+        drop, se = g_best - g_now, se_items[-1][1] if se_items else 0.0
+    se = max(se, 1e-6)
+    s_best, s_now = score[best][1], score[-1][1]
+    spread = initial.get("probe/gold_std", 0.0)  # how much gold varies between prompts at the start
+    if not (drop > cfg.overopt_gold_drop * se and drop > cfg.overopt_gold_effect * spread and s_now > s_best):
+        return None
+    return ({"gold_best": g_best, "gold_now": g_now, "gold_drop": drop, "gold_drop_se": se, "score_at_best": s_best,
+             "score_now": s_now, "best_step": best_step},
+            f"on the held-out probe the gold reward fell from {_fmt(g_best)} (step {best_step}) to "
+            f"{_fmt(g_now)} ({drop / se:.1f} standard errors) while the score rose from "
+            f"{_fmt(s_best)} to {_fmt(s_now)}: the policy is optimizing the proxy past the point where "
+            f"it helps; the best probe's policy is kept in OUTPUT/best", best_step)
 
 
 REMEDIES: dict[str, tuple[str, ...]] = {

@@ -145,6 +145,8 @@ class HealthMonitor:
             if value is None:
                 continue
             self.history.setdefault(name, deque(maxlen=size)).append((step, value))
+            if name.startswith("probe/"):  # the first probe (step 0: the starting policy) is the reference
+                self.initial.setdefault(name, value)
             if name == "policy/entropy" and name not in self.initial:
                 self._entropy_start.append((step, value))
                 if len(self._entropy_start) >= self.config.entropy_baseline_steps:
