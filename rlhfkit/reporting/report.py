@@ -161,7 +161,9 @@ def _summary_html(evaluation: dict, runs: dict, best: dict | None = None) -> str
     out = _table(head, body, escape=False) if fields else _p("The evaluation has no numeric fields.")
     out += "".join(_verdicts(evaluation) if compare else [])
     if best:
-        out += _p(f"RL (best probe) is the policy of step {best.get('step')}, the best of the held-out probes by "
+        which = ("the starting policy (step 0): no RL step beat it" if best.get("step") == 0
+                 else f"the policy of step {best.get('step')}")
+        out += _p(f"RL (best probe) is {which}, the best of the held-out probes by "
                   f"{best.get('criterion')} ({_num(best.get('value')):.3f}); RL (after) is the last step's. It is "
                   f"saved in rl/best (docs/health/overoptimization.md).")
     n_events = sum(e.get("event") not in INFO_EVENTS for _, events in runs.values() for e in events)

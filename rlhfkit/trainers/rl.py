@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.reporting import MetricsLogger, progress
-from rlhfkit.rollout.remote import RewardServiceError
+from rlhfkit.rollout.remote import RewardServiceError, scorer_metrics
 from rlhfkit.trainers.checkpoint import (latest_checkpoint, list_checkpoints, restore_trainer_state, rng_state,
                                          save_checkpoint, set_rng_state, trainer_state)
 from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError
@@ -56,7 +56,7 @@ def train_rl(cfg: RLConfig) -> dict:
                     raise
                 step += 1
                 if run.probe is not None and step % cfg.probe_every == 0:
-                    metrics.update(_probe(run, step))
+                    _probe_into(run, step, metrics, ckpts, logger)
                 for name, message in events:
                     logger.event(step, name, message)
                 if step % cfg.log_every == 0 or step == cfg.steps:
@@ -94,9 +94,23 @@ def train_rl(cfg: RLConfig) -> dict:
 def _probe_at_start(run: RLRun, logger, ckpts) -> None:
     """Probe the starting policy (step 0): logged as a row of probe/* metrics, seen by the health monitor,
     and the first candidate for OUTPUT/best."""
-    start = _probe(run, 0)
+    start: dict = {}
+    _probe_into(run, 0, start, ckpts, logger)
     logger.log(0, start)
     _health(run, logger, 0, start, ckpts)
+
+
+def _probe_into(run: RLRun, step: int, metrics: dict, ckpts, logger) -> None:
+    """Add the probe of `step` to the step's metrics (reward-service counters add up). A reward service that
+    fails in the probe stops the run as in a step: the step's row logged, a checkpoint of `step` to resume."""
+    try:
+        probe = _probe(run, step)
+    except RewardServiceError as err:
+        if metrics:
+            logger.log(step, metrics)
+        _stop_on_reward_failure(run, ckpts, logger, step, rng_state(), err)
+    for name, value in probe.items():
+        metrics[name] = metrics.get(name, 0.0) + value if name.startswith("reward/") else value
 
 
 def _probe(run: RLRun, step: int) -> dict:
@@ -106,6 +120,7 @@ def _probe(run: RLRun, step: int) -> dict:
     from rlhfkit.trainers.probe import keep_if_best, run_probe
 
     out = run_probe(run.probe, run.models, step, ensemble=run.models.ensemble)
+    out.update(scorer_metrics(run.models.scorer))  # the probe's own requests to reward services, if any
     if not run.cfg.fsdp:
         save = (lambda folder: save_model(run.models.policy, run.models.tokenizer, folder)) if run.world.main \
             else (lambda folder: None)

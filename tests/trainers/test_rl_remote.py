@@ -94,7 +94,8 @@ def test_killed_service_stops_with_a_checkpoint_and_resume_finishes_the_run(tiny
 
     out = tmp_path / "broken"
     remote = dict(reward_fn=None, reward_batch_size=64, reward_retries=1, **kw)  # one request per step
-    with CliServer(["--reward-fn", spec], env={"RLHFKIT_TEST_DIE_AT": "3"}) as server:
+    # request 1 is the probe of the starting policy (step 0); request 4 is step 3's
+    with CliServer(["--reward-fn", spec], env={"RLHFKIT_TEST_DIE_AT": "4"}) as server:
         with pytest.raises(TrainingError) as info:
             train_rl(rl_config(tiny_dir, data_dir, out, reward_url=(server.url,), **remote))
         assert server.proc.wait(timeout=30) == 1  # it really died, in step 3
@@ -136,7 +137,8 @@ def test_judge_reward_in_rl_keeps_the_key_secret(tiny_dir, data_dir, tmp_path, m
         result = train_rl(rl_config(tiny_dir, data_dir, tmp_path, algo="grpo", steps=2, reward_judge_url=f"{server.url}/v1",
                                     reward_judge_model="tiny-judge", reward_judge_api_key_env="RLHFKIT_TEST_JUDGE_KEY",
                                     reward_judge_weight=2.0))
-    assert len(app.state.seen) == 2 * 8 and {s[1] for s in app.state.seen} == {f"Bearer {secret}"}
+    # 2 steps x 8 rows, and the probe of the starting policy: the 16 prompts of the file (probe_size 64)
+    assert len(app.state.seen) == 2 * 8 + 16 and {s[1] for s in app.state.seen} == {f"Bearer {secret}"}
     # good_fraction (weight 1) + 2 x judge in [0, 1]
     assert 0 < result["reward/score_mean"] <= 3 and result["reward/remote_failures"] == 0.0
     saved = "".join(p.read_text() for p in tmp_path.glob("*.yaml")) + (tmp_path / "metrics.jsonl").read_text()

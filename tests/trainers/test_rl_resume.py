@@ -35,7 +35,7 @@ def test_sigterm_then_resume_matches_uninterrupted(algo, tiny_dir, data_dir, tmp
     train_rl(rl_config(tiny_dir, data_dir, full, **kw))
 
     broken = tmp_path / "broken"
-    monkeypatch.setenv("RLHFKIT_TEST_KILL_AT", "2")
+    monkeypatch.setenv("RLHFKIT_TEST_KILL_AT", "3")  # call 1 is the probe of step 0, call 3 is step 2
     with pytest.raises(RunInterrupted) as info:
         train_rl(rl_config(tiny_dir, data_dir, broken, **kw))
     assert info.value.exit_code == 143
