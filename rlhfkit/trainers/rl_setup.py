@@ -16,6 +16,7 @@ import torch
 from rlhfkit import algos as A
 from rlhfkit import models as M
 from rlhfkit.config import ConfigError, save_config
+from rlhfkit.models.packing import enable_padding_free
 from rlhfkit.reporting.health import DETECTOR_NAMES, HealthMonitor
 from rlhfkit.rollout import (Engine, FunctionScorer, GenerationSettings, load_reward_function, load_reward_scorer,
                              make_engine)
@@ -44,6 +45,15 @@ class Models:
     monitor_reference: torch.nn.Module | None = None
     monitor_context: object = None
     ensemble: object = None  # rollout.ensemble.EnsembleScorer with several reward models (also inside scorer)
+
+    def set_padding_free(self, on: bool) -> None:
+        """Decide once per model whether its forwards run on packed rows (`enable_padding_free`): policy
+        (and the reference through its disabled adapters), reference, critic, PRM, the probe's reference
+        and every in-process reward model."""
+        rms = self.ensemble.reward_models if self.ensemble is not None else [getattr(self.scorer, "reward_model", None)]
+        for model in (self.policy, self.reference, self.critic, self.prm, self.monitor_reference, *rms):
+            if model is not None:
+                enable_padding_free(model, on)
 
     def trained(self) -> dict:
         """name -> module of every model with an optimizer (their weights are checkpointed)."""
@@ -236,6 +246,7 @@ def setup_rl(cfg) -> RLRun:
     # must equal the rollout's at the first pass, or the PPO ratio is noise before any step.
     for m in models.trained().values():
         m.eval()
+    models.set_padding_free(cfg.padding_free)  # packed or padded forwards, decided per model on first use
     engine = make_engine(cfg.engine, models.policy, models.tokenizer)
     return RLRun(cfg=cfg, algo=algo, world=w, device=device, threads=threads, models=models, opt=opt, ctl=ctl,
                  engine=engine, rows=rows, prompt_stats=prompt_stats, settings=settings, ptx=ptx, out_dir=out_dir,

@@ -19,7 +19,7 @@ from rlhfkit.rollout import Experience, make_experience
 from rlhfkit.rollout.remote import scorer_metrics
 from rlhfkit.rollout.seeded import row_keys
 from rlhfkit.trainers.distributed import gather_left_padded, gather_rows
-from rlhfkit.trainers.rl_update import Shard, UpdateContext, optimizer_step, run_updates, set_padding_free
+from rlhfkit.trainers.rl_update import Shard, UpdateContext, optimizer_step, run_updates
 
 
 def prompt_batch(rows: list, step: int, per_step: int, seed: int) -> list:
@@ -36,7 +36,6 @@ def rl_step(run, step: int) -> tuple[dict, list]:
     """Step `step` (0-based) of the run: returns (metrics, events); events are (name, message) pairs."""
     cfg, algo, w, models = run.cfg, run.algo, run.world, run.models
     t0 = time.perf_counter()
-    set_padding_free(models, cfg.padding_free)  # decided on the first step, per model: packed or padded forwards
     # 1. rollout: this rank's share of the step's prompts (whole groups, so group statistics stay local),
     #    sampled by the engine, with the policy / reference logprobs, values and 2. the scores
     lo, hi = w.share(cfg.prompts_per_step, "prompts per step")

@@ -15,7 +15,7 @@ import torch
 
 from rlhfkit import algos as A
 from rlhfkit.models import response_logits, response_logprobs
-from rlhfkit.models.packing import bin_rows, enable_padding_free
+from rlhfkit.models.packing import bin_rows
 from rlhfkit.rollout import Experience
 from rlhfkit.trainers.common import TrainingError, check_finite, clip_gradients, sft_token_loss
 from rlhfkit.trainers.distributed import (World, all_reduce_grads, balance_rows, loss_scale, max_over_ranks,
@@ -72,15 +72,6 @@ class Shard:
         if self.tokens is not None:
             return balance_rows(rows, self.tokens[rows], self.world.size)[self.world.rank]
         return rows[(rows >= self.offset) & (rows < self.offset + local_n)] - self.offset
-
-
-def set_padding_free(models, on: bool) -> None:
-    """Decide once per model whether its forwards run on packed rows (`enable_padding_free`): the
-    policy (and the reference through its disabled adapters), reference, critic, PRM, reward model."""
-    for model in (models.policy, models.reference, models.critic, models.prm,
-                  getattr(models.scorer, "reward_model", None)):
-        if model is not None:
-            enable_padding_free(model, on)
 
 
 def micro_batches(minibatch: Experience, rows: int, tokens: int = 0) -> list[torch.Tensor]:
