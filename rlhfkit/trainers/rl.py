@@ -32,6 +32,9 @@ def train_rl(cfg: RLConfig) -> dict:
     run = setup_rl(cfg)
     ckpts = _Checkpoints(run)
     step = ckpts.resume() if cfg.resume else 0
+    # Packed or padded forwards, decided per model by a test forward: after the resume (a forward leaves
+    # FSDP2's root parameters gathered, and a sharded checkpoint loads only into sharded ones).
+    run.models.set_padding_free(cfg.padding_free)
     if run.uses_rollback and latest_checkpoint(ckpts.root) is None:
         ckpts.save(step)  # the starting point is healthy by definition: always something to roll back to
     logger = _new_logger(run, step)

@@ -246,7 +246,6 @@ def setup_rl(cfg) -> RLRun:
     # must equal the rollout's at the first pass, or the PPO ratio is noise before any step.
     for m in models.trained().values():
         m.eval()
-    models.set_padding_free(cfg.padding_free)  # packed or padded forwards, decided per model on first use
     engine = make_engine(cfg.engine, models.policy, models.tokenizer)
     return RLRun(cfg=cfg, algo=algo, world=w, device=device, threads=threads, models=models, opt=opt, ctl=ctl,
                  engine=engine, rows=rows, prompt_stats=prompt_stats, settings=settings, ptx=ptx, out_dir=out_dir,

@@ -2,7 +2,7 @@
 
 Mutations that make these tests fail (each tried):
 - `micro_batches` ignoring the budget (one micro-batch of the whole minibatch) or dropping a row.
-- `Models.set_padding_free` not called by `setup_rl` (no packed forward in a run).
+- `Models.set_padding_free` not called by `train_rl` (no packed forward in a run).
 - `Models.set_padding_free` passing on=True whatever the config (`padding_free: false` packs).
 - `enable_padding_free` skipping the critic (no packed value forward).
 - the config check of micro_batch_tokens < 0 removed.
