@@ -86,7 +86,7 @@ def paired_drop(before: torch.Tensor, now: torch.Tensor) -> tuple[float, float]:
     return float(diff.mean()), se
 
 
-def run_probe(probe: Probe, models, step: int = 0, ensemble=None) -> dict:
+def run_probe(probe: Probe, models, step: int = 0, ensemble=None, engine=None) -> dict:
     """Sample the probe's prompts (keyed: no draw from the training RNG) and measure: probe/score_mean,
     probe/gold_mean and its standard error, probe/gold_drop and probe/gold_drop_se (paired, from the best
     probe so far), probe/kl_mean (k1 per response, to the reference), probe/ppl_ref, probe/length_mean,
@@ -96,7 +96,7 @@ def run_probe(probe: Probe, models, step: int = 0, ensemble=None) -> dict:
     exp = make_experience(models.policy, models.tokenizer, [r["prompt_text"] for r in probe.rows], probe.settings,
                           reference=reference, scorer=models.scorer, fields=prompt_fields(probe.rows),
                           ref_context=context if reference is None else None,
-                          prompt_ids=[r["prompt_ids"] for r in probe.rows], row_keys=probe.keys)
+                          prompt_ids=[r["prompt_ids"] for r in probe.rows], row_keys=probe.keys, engine=engine)
     mask = exp.response_mask
     out = {"probe/score_mean": float(exp.scores.mean()),
            "probe/length_mean": float(mask.sum(-1).mean()),

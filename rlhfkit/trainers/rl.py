@@ -122,7 +122,7 @@ def _probe(run: RLRun, step: int) -> dict:
     from rlhfkit.models import save_model
     from rlhfkit.trainers.probe import keep_if_best, run_probe
 
-    out = run_probe(run.probe, run.models, step, ensemble=run.models.ensemble)
+    out = run_probe(run.probe, run.models, step, ensemble=run.models.ensemble, engine=run.engine)
     out.update(scorer_metrics(run.models.scorer))  # the probe's own requests to reward services, if any
     if not run.cfg.fsdp:
         save = (lambda folder: save_model(run.models.policy, run.models.tokenizer, folder)) if run.world.main \

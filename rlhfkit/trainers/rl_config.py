@@ -159,7 +159,7 @@ class RLConfig(HealthOptions, RemoteRewardOptions):
                                           "of the training prompts")
     probe_kl_penalty: float = option(0.05, "best checkpoint without a gold reward: the probe's score - this x its "
                                            "KL to the reference")
-    engine: str = option("hf", "rollout engine that samples the responses (docs/rl/README.md#rollout-engines)",
+    engine: str = option("native", "rollout engine that samples the responses (docs/rl/README.md#rollout-engines)",
                          choices=tuple(ENGINES))
 
     # `rlhfkit rl --help` sections, in order; the health_* fields form the last one ("run health").
