@@ -149,3 +149,18 @@ def aggregate_loss(
         per_seq = masked_sum(loss, mask, dim=-1) / length  # (B,)
     denom = _valid(mask).any(dim=-1).sum().clamp(min=1) if normalizer is None else normalizer
     return per_seq.sum() / denom
+
+
+def packed_attention_mask(seq_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(R, L) segment ids -> (R, 1, L, L) additive block-diagonal causal mask of `dtype`.
+
+    0 where query t may attend key s (same segment, s <= t), the dtype's minimum elsewhere.
+    Additive rather than boolean: transformers' eager attention adds the mask to the scores.
+    Use the model's dtype (sdpa requires the mask dtype to match the query's).
+    """
+    same = seq_ids[:, :, None] == seq_ids[:, None, :]  # (R, L, L)
+    length = seq_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=seq_ids.device).tril()
+    allowed = (same & causal)[:, None]  # (R, 1, L, L)
+    return torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)

@@ -17,6 +17,7 @@ import bisect
 
 import torch
 
+from rlhfkit.algos.masking import packed_attention_mask  # noqa: F401  (re-exported)
 from rlhfkit.algos.masking import position_ids_from_mask
 
 
@@ -119,21 +120,6 @@ def collate_packed(rows: list[dict], pad_id: int = 0) -> dict:
         "seq_ids": torch.tensor([r["seq_ids"] + [-1] * p for r, p in zip(rows, pads)], dtype=torch.long),
         "attention_mask": None,
     }
-
-
-def packed_attention_mask(seq_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(R, L) segment ids -> (R, 1, L, L) additive block-diagonal causal mask of `dtype`.
-
-    0 where query t may attend key s (same segment, s <= t), the dtype's minimum elsewhere.
-    Additive rather than boolean: transformers' eager attention adds the mask to the scores.
-    Use the model's dtype (sdpa requires the mask dtype to match the query's).
-    """
-    same = seq_ids[:, :, None] == seq_ids[:, None, :]  # (R, L, L)
-    length = seq_ids.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=seq_ids.device).tril()
-    allowed = (same & causal)[:, None]  # (R, 1, L, L)
-    return torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min)
 
 
 def collate_preferences(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.algos.masking import packed_attention_mask
+
 log = logging.getLogger(__name__)
 
 _MODE_ATTR = "_rlhfkit_padding_free"  # "positions" | "mask" | None, set by enable_padding_free
@@ -108,19 +110,11 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: to
     return Packing(ids, pos, seq, index)
 
 
-def block_causal_mask(seq_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(K, L) segment ids -> (K, 1, L, L) additive causal mask, 0 within a segment, dtype's min across."""
-    same = seq_ids[:, :, None] == seq_ids[:, None, :]  # (K, L, L)
-    causal = torch.ones(seq_ids.shape[1], seq_ids.shape[1], dtype=torch.bool, device=seq_ids.device).tril()
-    allowed = (same & causal)[:, None]  # (K, 1, L, L)
-    return torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
 def packed_kwargs(model, packing: Packing, mode: str) -> dict:
     """Forward keywords of a packed batch under `mode` ("positions" or "mask")."""
     if mode == "mask":
         dtype = next(model.parameters()).dtype
-        mask = block_causal_mask(packing.seq_ids, dtype if dtype.is_floating_point else torch.float32)
+        mask = packed_attention_mask(packing.seq_ids, dtype if dtype.is_floating_point else torch.float32)
     else:
         mask = None
     return dict(input_ids=packing.input_ids, attention_mask=mask, position_ids=packing.position_ids, use_cache=False)
