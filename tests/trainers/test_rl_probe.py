@@ -62,12 +62,14 @@ def fires(rows) -> list:
 
 
 def test_overoptimization_with_gold():
-    hacked = stream(gold=[0.0, 0.2, 0.3, 0.27, 0.1], score=[0.3, 0.6, 0.9, 1.1, 1.3])  # 0.27: 1.5 se below
+    hacked = stream(gold=[0.0, 0.2, 0.3, 0.1, 0.05], score=[0.3, 0.6, 0.9, 1.1, 1.3])  # two probes 10 se below
     found = fires(hacked)
     assert [w.step for w in found] == [50] and found[0].since == 30  # the best probe: step 30
-    assert found[0].figures["best_step"] == 30
-    # a dip within 2 standard errors is noise; a falling gold with a falling score is not over-optimization
-    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.27, 0.28], score=[0.3, 0.6, 0.9, 1.1, 1.3])) == []
+    assert found[0].figures["best_step"] == 30 and found[0].figures["gold_drop"] == pytest.approx(0.25)
+    # one probe far below, then back: a dip (healthy runs show them early), not over-optimization
+    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.1, 0.28], score=[0.3, 0.6, 0.9, 1.1, 1.3])) == []
+    # within 2 standard errors is noise; a falling gold with a falling score is not over-optimization
+    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.27, 0.27], score=[0.3, 0.6, 0.9, 1.1, 1.3])) == []
     assert fires(stream(gold=[0.0, 0.2, 0.3, 0.1, 0.0], score=[0.3, 0.6, 0.9, 0.5, 0.4])) == []
 
 
@@ -105,16 +107,17 @@ def test_paired_drop_by_hand():
 
 def test_overoptimization_reads_the_paired_drop():
     # The probe's gold wanders within its unpaired standard error (0.1), but per prompt it fell by 0.06
-    # with a paired standard error of 0.01: the same answers got worse. Probes from step 0.
-    rows = stream(gold=[0.10, 0.12, 0.06], score=[0.3, 0.6, 0.9], se=0.1)
+    # and 0.07 with a paired standard error of 0.01: the same answers got worse. Probes from step 0.
+    rows = stream(gold=[0.10, 0.12, 0.06, 0.05], score=[0.3, 0.6, 0.9, 1.0], se=0.1)
     for row in rows:
         row["step"] -= 10
-    assert fires(rows) == []  # unpaired: 0.06 < 2 x 0.1
+    assert fires(rows) == []  # unpaired: 0.07 < 2 x 0.1
     rows[2].update({"probe/gold_drop": 0.06, "probe/gold_drop_se": 0.01})
+    rows[3].update({"probe/gold_drop": 0.07, "probe/gold_drop_se": 0.01})
     found = fires(rows)
-    assert [w.step for w in found] == [20] and found[0].since == 10
+    assert [w.step for w in found] == [30] and found[0].since == 10
     assert found[0].figures["gold_drop_se"] == pytest.approx(0.01)
-    rows[2].update({"probe/gold_drop_se": 0.04})  # 1.5 paired standard errors: noise
+    rows[2].update({"probe/gold_drop_se": 0.04})  # 1.5 paired standard errors at the first of the two: noise
     assert fires(rows) == []
 
 
@@ -185,11 +188,28 @@ def test_probe_samples_are_written_and_trimmed_on_resume(tiny_dir, data_dir, tmp
 
 def test_overoptimization_needs_a_drop_that_matters():
     # A measurable but small dip (0.05 with a paired se of 0.01) is what healthy runs show early;
-    # with the first probe's per-prompt gold spread 0.4, the smallest drop that fires is 0.35 x 0.4 = 0.14.
-    rows = stream(gold=[0.10, 0.12, 0.07, -0.05], score=[0.3, 0.6, 0.9, 1.0], se=0.1)
-    for row, drop in zip(rows, [None, None, 0.05, 0.17]):
-        row["step"] -= 10
-        row["probe/gold_std"] = 0.4
-        if drop is not None:
-            row.update({"probe/gold_drop": drop, "probe/gold_drop_se": 0.01})
-    assert [w.step for w in fires(rows)] == [30]
+    # with the first probe's per-prompt gold spread 0.4, the smallest drop that fires is 0.3 x 0.4 = 0.12.
+    def rows(drops):
+        out = stream(gold=[0.10, 0.12, 0.07, -0.05, -0.06], score=[0.3, 0.6, 0.9, 1.0, 1.1], se=0.1)
+        for row, drop in zip(out, [None, None, *drops]):
+            row["step"] -= 10
+            row["probe/gold_std"] = 0.4
+            if drop is not None:
+                row.update({"probe/gold_drop": drop, "probe/gold_drop_se": 0.01})
+        return out
+
+    assert [w.step for w in fires(rows([0.05, 0.17, 0.18]))] == [40]
+    assert fires(rows([0.05, 0.11, 0.18])) == []  # 0.11 < 0.12: only one probe in a row
+
+
+@pytest.mark.parametrize("name, fired", [("probe_kl0_seed1", [20, 55, 80]), ("probe_kl0_seed2", [65, 90]),
+                                         ("probe_default_seed1", [])])
+def test_overoptimization_on_recorded_quickstart_probes(name, fired):
+    # Probe rows recorded from `rlhfkit quickstart --seed S [--kl-coef 0]` (docs/health/reward-hacking.md).
+    # The default run of seed 1 dips on the probe by 0.22 of gold (3.8 paired standard errors) at step
+    # 25 and recovers by step 35: one probe, so no event; the kl_coef 0 runs fall and stay down.
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "reporting" / "data" / f"{name}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [w.step for w in fires(rows)] == fired

@@ -73,7 +73,8 @@ class HealthConfig:
     # 7. overoptimization: on the held-out probe, the proxy score keeps rising while quality falls
     overoptimization_policy: str = "warn"
     overopt_gold_drop: float = 2.0   # probe gold below its best by this many (paired) standard errors...
-    overopt_gold_effect: float = 0.35  # ...and by this x the first probe's per-prompt gold std (a drop that matters)
+    overopt_gold_effect: float = 0.3  # ...and by this x the first probe's per-prompt gold std (a drop that matters)...
+    overopt_probes: int = 2          # ...on this many probes in a row (a dip that stays)
     overopt_kl_budget: float = 10.0  # without gold: probe KL to the reference above this (nats/response)...
     overopt_ppl_growth: float = 1.5  # ...and reference perplexity of the probe's answers x this since the start
     overopt_disagreement_growth: float = 2.0  # ...or a reward-model ensemble's disagreement x this since the start
@@ -91,6 +92,8 @@ class HealthConfig:
         for name in ("entropy_baseline_steps", "entropy_window"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{_field(name)} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.overopt_probes) < 1:
+            raise ConfigError(f"{_field('overopt_probes')} must be >= 1 (probes in a row), got {self.overopt_probes!r}")
         for name in ("cooldown", "max_rollbacks"):
             if int(getattr(self, name)) < 0:
                 raise ConfigError(f"{_field(name)} must be >= 0, got {getattr(self, name)!r}")

@@ -268,8 +268,9 @@ def detect_overoptimization(cfg: HealthConfig, history: dict, initial: dict) -> 
     the proxy keeps rising as quality falls (Gao et al. 2023). The drop and its standard error are
     paired per prompt (probe/gold_drop, probe/gold_drop_se: same prompts, same sampling keys); a stream
     without them uses probe/gold_se. The drop must also exceed `overopt_gold_effect` x the first probe's
-    per-prompt gold spread (probe/gold_std): RL runs that end well often dip early by a measurable
-    amount (docs/health/reward-hacking.md), so a drop must matter, not only be measurable. Without gold (at least 3 probes): the probe's score rose since the
+    per-prompt gold spread (probe/gold_std), and hold on `overopt_probes` probes in a row: RL runs that
+    end well often dip early, measurably, for a probe or so (docs/health/reward-hacking.md);
+    over-optimization is a fall that stays. Without gold (at least 3 probes): the probe's score rose since the
     first probe, its KL to the reference is above `overopt_kl_budget`, and its answers drift from what
     the reference writes: their reference perplexity grew `overopt_ppl_growth`-fold, the share of
     looping answers rose by `hacking_repetition_rise`, or a reward-model ensemble's disagreement grew
@@ -308,26 +309,39 @@ def detect_overoptimization(cfg: HealthConfig, history: dict, initial: dict) -> 
 
 
 def _gold_drop(cfg: HealthConfig, history: dict, initial: dict, score, gold) -> Finding:
-    """The gold arm of `detect_overoptimization`: the last probe against the best earlier one."""
-    best = max(range(len(gold) - 1), key=lambda i: gold[i][1])
-    (best_step, g_best), (step_now, g_now) = gold[best], gold[-1]
-    drop_items, se_items = history.get("probe/gold_drop"), history.get("probe/gold_drop_se")
-    if drop_items and se_items and drop_items[-1][0] == step_now:  # paired with the best probe, per prompt
-        drop, se = drop_items[-1][1], se_items[-1][1]
-    else:
-        se_items = history.get("probe/gold_se")
-        drop, se = g_best - g_now, se_items[-1][1] if se_items else 0.0
-    se = max(se, 1e-6)
-    s_best, s_now = score[best][1], score[-1][1]
-    spread = initial.get("probe/gold_std", 0.0)  # how much gold varies between prompts at the start
-    if not (drop > cfg.overopt_gold_drop * se and drop > cfg.overopt_gold_effect * spread and s_now > s_best):
+    """The gold arm of `detect_overoptimization`: the gold drop holds on the last `overopt_probes` probes."""
+    if len(gold) <= cfg.overopt_probes:
         return None
-    return ({"gold_best": g_best, "gold_now": g_now, "gold_drop": drop, "gold_drop_se": se, "score_at_best": s_best,
-             "score_now": s_now, "best_step": best_step},
-            f"on the held-out probe the gold reward fell from {_fmt(g_best)} (step {best_step}) to "
-            f"{_fmt(g_now)} ({drop / se:.1f} standard errors) while the score rose from "
-            f"{_fmt(s_best)} to {_fmt(s_now)}: the policy is optimizing the proxy past the point where "
-            f"it helps; the best probe's policy is kept in OUTPUT/best", best_step)
+    found = [_gold_drop_at(cfg, history, initial, score, gold, i) for i in range(len(gold) - cfg.overopt_probes,
+                                                                                 len(gold))]
+    if not all(found):
+        return None
+    figures, best_step = found[-1]
+    return (figures, f"on the held-out probe the gold reward fell from {_fmt(figures['gold_best'])} (step "
+                     f"{best_step}) to {_fmt(figures['gold_now'])} ({figures['gold_drop'] / figures['gold_drop_se']:.1f} "
+                     f"standard errors) while the score rose from {_fmt(figures['score_at_best'])} to "
+                     f"{_fmt(figures['score_now'])}, on {cfg.overopt_probes} probes in a row: the policy is "
+                     f"optimizing the proxy past the point where it helps; the best probe's policy is kept in "
+                     f"OUTPUT/best", best_step)
+
+
+def _gold_drop_at(cfg: HealthConfig, history: dict, initial: dict, score, gold, i: int):
+    """(figures, best step) when probe i (an index into the probe history) is below the best earlier probe by
+    a drop that is measurable and matters, with a higher score than there; else None."""
+    best = max(range(i), key=lambda j: gold[j][1])
+    (best_step, g_best), (step, g_now) = gold[best], gold[i]
+    paired = {name: dict(history.get(name) or ()) for name in ("probe/gold_drop", "probe/gold_drop_se")}
+    if step in paired["probe/gold_drop"] and step in paired["probe/gold_drop_se"]:  # per prompt, same keys
+        drop, se = paired["probe/gold_drop"][step], paired["probe/gold_drop_se"][step]
+    else:
+        drop, se = g_best - g_now, dict(history.get("probe/gold_se") or ()).get(step, 0.0)
+    se = max(se, 1e-6)
+    spread = initial.get("probe/gold_std", 0.0)  # how much gold varies between prompts at the start
+    if not (drop > cfg.overopt_gold_drop * se and drop > cfg.overopt_gold_effect * spread
+            and score[i][1] > score[best][1]):
+        return None
+    return ({"gold_best": g_best, "gold_now": g_now, "gold_drop": drop, "gold_drop_se": se,
+             "score_at_best": score[best][1], "score_now": score[i][1], "best_step": best_step}, best_step)
 
 
 REMEDIES: dict[str, tuple[str, ...]] = {
