@@ -132,15 +132,12 @@ def native_generate(model, tokenizer, prompts: list[str], settings: GenerationSe
         raise ValueError(f"{len(row_keys)} row_keys for {n_rows} rows (prompts x n); give one key per row")
     keys = row_keys.to(device) if seeded else None
     eos_ids = eos_token_ids(model, tokenizer)
-    from transformers import DynamicCache
-
     base = unwrap_peft(model)[0]
     keep_one = "logits_to_keep" in inspect.signature(base.forward).parameters
     with torch.no_grad(), eval_mode(model):
-        cache = DynamicCache(config=base.config)
-        # 1. Prefill each distinct prompt once, then give its cache and next-token logits to its n rows.
-        attention = None if bool(mask.all()) else mask
-        logits = _forward(model, ids, attention, position_ids_from_mask(mask), cache, keep_one)  # (B, V)
+        # 1. Prefill each distinct prompt once (in groups of similar length), then give its cache and
+        #    next-token logits to its n rows.
+        cache, logits, prefilled = _prefill(model, base.config, ids, mask, keep_one)  # logits (B, V)
         if n > 1:
             cache.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)  # (N, V)
@@ -158,7 +155,67 @@ def native_generate(model, tokenizer, prompts: list[str], settings: GenerationSe
         response_mask=response_mask, eos=eos, stopped=stopped, prompts=[p for p in prompts for _ in range(n)],
         responses=decode_responses(tokenizer, response_ids, length, stopped, settings.stop_strings),
         logprobs=None if logprobs is None else logprobs[:, :response_ids.shape[1]])
-    return result, positions_stats(ids.numel(), int(mask.sum()), decoded, int((length - 1).sum()))
+    return result, positions_stats(prefilled, int(mask.sum()), decoded, int((length - 1).sum()))
+
+
+def length_groups(lengths: list[int], max_groups: int = 4) -> list[list[int]]:
+    """Rows grouped by length so that each group is prefilled padded to its own longest row: the split of the
+    rows sorted by length into at most `max_groups` runs that computes the fewest positions, each
+    group charged 10 % of the one padded prefill (a forward's fixed cost). Returns row indices per group."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    n, overhead = len(sizes), 0.1 * len(sizes) * max(sizes, default=0)
+    # best[g][j]: fewest positions for the first j sorted rows in g groups (a group ends at its longest row)
+    best = [[float("inf")] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for g in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(g - 1, j):
+                cost = best[g - 1][i] + (j - i) * sizes[j - 1] + overhead
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    groups_used = min(range(1, max_groups + 1), key=lambda g: best[g][n]) if n else 1
+    bounds, j = [], n
+    for g in range(groups_used, 0, -1):
+        bounds.append((cut[g][j], j))
+        j = cut[g][j]
+    return [order[a:b] for a, b in reversed(bounds) if b > a]
+
+
+def _prefill(model, config, ids: torch.Tensor, mask: torch.Tensor, keep_one: bool):
+    """Prefill (B, P) left-padded prompts: (DynamicCache of width P, next-token logits (B, V), positions run).
+
+    Prompts are prefilled in `length_groups`, each padded only to its own longest prompt; the groups'
+    caches are then left-padded to P (masked positions: never attended) and joined in row order. A cache
+    with sliding-window layers (which keep only their last window) is prefilled in one padded batch.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    lengths = mask.sum(dim=1).tolist()
+    groups = length_groups(lengths)
+    cache = DynamicCache(config=config)
+    if len(groups) <= 1 or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        attention = None if bool(mask.all()) else mask
+        return cache, _forward(model, ids, attention, position_ids_from_mask(mask), cache, keep_one), ids.numel()
+    width, parts, computed = ids.shape[1], [], 0
+    for rows in groups:
+        index = torch.tensor(rows, device=ids.device)
+        cols = max(lengths[i] for i in rows)
+        g_ids, g_mask = ids[index, width - cols:], mask[index, width - cols:]  # (b, cols) still left-padded
+        g_cache = DynamicCache(config=config)
+        attention = None if bool(g_mask.all()) else g_mask
+        parts.append((index, g_cache, _forward(model, g_ids, attention, position_ids_from_mask(g_mask), g_cache,
+                                               keep_one)))
+        computed += g_ids.numel()
+    inverse = torch.argsort(torch.cat([index for index, _, _ in parts]))
+    for k in range(len(cache.layers)):
+        def joined(name):  # (B, heads, P, head_dim): each group's states left-padded to P, rows in order
+            states = [getattr(c.layers[k], name) for _, c, _ in parts]
+            return torch.cat([torch.nn.functional.pad(x, (0, 0, width - x.shape[-2], 0)) for x in states])[inverse]
+        cache.update(joined("keys"), joined("values"), k)
+    return cache, torch.cat([logits for _, _, logits in parts])[inverse], computed
 
 
 def positions_stats(prefill_computed: int, prefill_needed: int, decode_computed: int, decode_needed: int) -> dict:
