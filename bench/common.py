@@ -130,7 +130,8 @@ def rl_config(algo: str, paths: dict, output: str, steps: int, shape: dict | Non
     common = dict(policy=paths["policy"], output=output, algo=algo, steps=steps, max_new_tokens=shape["max_new_tokens"],
                   temperature=TEMPERATURE, kl_coef=BETA, lr=LR, dtype="float32", device="cpu", seed=0,
                   ppo_epochs=1, report_to=("jsonl",), log_every=1, save_every=0,
-                  prompts_per_step=shape["prompts_per_step"], n=shape["n"])
+                  prompts_per_step=shape["prompts_per_step"], n=shape["n"],
+                  probe_every=0)  # TRL has no held-out probe: its generations are not part of the matched work
     common.update(overrides or {})
     if algo == "grpo":
         return RLConfig(prompts=paths["prompts_grpo"], reward_fn=reward_spec(), **common)

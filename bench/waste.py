@@ -11,8 +11,9 @@ any wrapper, embeds its `input_ids` there) adds, per call,
     are left-padded and responses right-padded with the pad id after their EOS, so these are the
     valid prompt tokens plus the response tokens up to and including the EOS; a packed
     (padding-free) batch has no pad and counts as all needed;
-  * generation (calls while the engine's `generate` runs): the first call of a `generate` is the
-    prefill (needed: its non-pad tokens); every later call is decoding, where a fed position is
+  * generation (calls while the engine's `generate` runs): the first call of a `generate`, and any
+    later call that feeds more than one token per row (the native engine prefills prompts in groups
+    of similar length), is prefill (needed: its non-pad tokens); every other call is decoding, where a fed position is
     needed only if its token is neither pad nor EOS: HF `generate` feeds the pad id to rows that
     have finished, and the EOS fed one step after a row sampled it computes logits no one uses.
     A row that was dropped from the batch is not fed, so it costs nothing.
@@ -20,8 +21,8 @@ any wrapper, embeds its `input_ids` there) adds, per call,
 waste = 1 - needed / fed, per phase (prefill, decode, update) and per model. It needs pad != EOS
 and prompts without EOS or pad tokens (bench/workload.py builds them so). An engine that feeds
 `inputs_embeds` instead of ids, or interleaves prefills with decoding (continuous batching), is
-counted as decoding after its first call: the total generation figure stays exact, the
-prefill / decode split does not.
+counted by the width of each call: the total generation figure stays exact, the prefill / decode
+split may not.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class WasteCounter:
             return
         real = ids != self.pad_id
         if self.generating:
-            phase = "prefill" if self._calls_in_generate == 0 else "decode"
+            # a prefill feeds whole prompts (the native engine prefills groups of similar length: several calls);
+            # a decode step feeds one token per running row
+            phase = "prefill" if self._calls_in_generate == 0 or ids.shape[-1] > 1 else "decode"
             self._calls_in_generate += 1
             if phase == "decode":
                 real = real & (ids != self.eos_id)
