@@ -26,6 +26,8 @@ from rlhfkit.trainers.rl_step import rl_step
 
 __all__ = ["RLConfig", "train_rl"]
 
+REMOTE_COUNTERS = "reward/remote_"  # per-step counts of reward-service requests: a probe's add to its step's
+
 
 def train_rl(cfg: RLConfig) -> dict:
     """Run RL end to end; returns {"output", "final", last metrics}."""
@@ -104,8 +106,9 @@ def _probe_at_start(run: RLRun, logger, ckpts) -> None:
 
 
 def _probe_into(run: RLRun, step: int, metrics: dict, ckpts, logger) -> None:
-    """Add the probe of `step` to the step's metrics (reward-service counters add up). A reward service that
-    fails in the probe stops the run as in a step: the step's row logged, a checkpoint of `step` to resume."""
+    """Add the probe of `step` to the step's metrics (reward-service counters, reward/remote_*, add up). A
+    reward service that fails in the probe stops the run as in a step: the step's row logged, a checkpoint
+    of `step` to resume."""
     try:
         probe = _probe(run, step)
     except RewardServiceError as err:
@@ -113,7 +116,7 @@ def _probe_into(run: RLRun, step: int, metrics: dict, ckpts, logger) -> None:
             logger.log(step, metrics)
         _stop_on_reward_failure(run, ckpts, logger, step, rng_state(), err)
     for name, value in probe.items():
-        metrics[name] = metrics.get(name, 0.0) + value if name.startswith("reward/") else value
+        metrics[name] = metrics.get(name, 0.0) + value if name.startswith(REMOTE_COUNTERS) else value
 
 
 def _probe(run: RLRun, step: int) -> dict:
@@ -123,7 +126,8 @@ def _probe(run: RLRun, step: int) -> dict:
     from rlhfkit.trainers.probe import keep_if_best, run_probe
 
     out = run_probe(run.probe, run.models, step, ensemble=run.models.ensemble, engine=run.engine)
-    out.update(scorer_metrics(run.models.scorer))  # the probe's own requests to reward services, if any
+    # The probe's own requests to reward services, if any (an ensemble's spread is probe/ensemble_std already).
+    out.update({k: v for k, v in scorer_metrics(run.models.scorer).items() if k.startswith(REMOTE_COUNTERS)})
     if not run.cfg.fsdp:
         save = (lambda folder: save_model(run.models.policy, run.models.tokenizer, folder)) if run.world.main \
             else (lambda folder: None)

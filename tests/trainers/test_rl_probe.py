@@ -157,6 +157,11 @@ def test_reward_model_ensemble_in_a_run(tiny_dir, data_dir, tmp_path):
         (singles[0][0]["reward/score_mean"] + singles[1][0]["reward/score_mean"]) / 2, abs=1e-5)
     assert rows[0]["reward/ensemble_std"] > 0
     assert "probe/ensemble_std" in rows[-1] and "reward/ensemble_std" not in singles[0][0]
+    # the probe's own spread is probe/ensemble_std; the steps' reward/ensemble_std is theirs alone
+    train_rl(rl_config(tiny_dir, data_dir, tmp_path / "quiet", reward_model=tuple(folders), **{**kw, "probe_every": 0}))
+    quiet = read_metrics(tmp_path / "quiet")
+    assert [r["reward/ensemble_std"] for r in rows] == pytest.approx([r["reward/ensemble_std"] for r in quiet],
+                                                                      rel=1e-6)
     assert both["output"] and one[0]["output"]
     # the CLI repeats the flag; k > 0 pays less for disputed answers
     out = tmp_path / "cli"
