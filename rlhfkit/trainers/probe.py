@@ -40,7 +40,6 @@ class Probe:
     kl_penalty: float  # best-checkpoint criterion without gold: score - kl_penalty * KL
     best: dict = field(default_factory=dict)  # {"step", "criterion", "value", "score", "gold": per prompt}
     samples: Path | None = None  # OUTPUT/probe_samples.jsonl (None: not written, e.g. off rank 0)
-    last_gold: list[float] | None = None  # per-prompt gold of the latest probe
 
     def state_dict(self) -> dict:  # checkpointed with the run, so a resumed run knows its best probe
         return {"best": json.dumps(self.best)}
@@ -86,11 +85,12 @@ def paired_drop(before: torch.Tensor, now: torch.Tensor) -> tuple[float, float]:
     return float(diff.mean()), se
 
 
-def run_probe(probe: Probe, models, step: int = 0, ensemble=None, engine=None) -> dict:
+def run_probe(probe: Probe, models, step: int = 0, engine=None) -> tuple[dict, torch.Tensor | None]:
     """Sample the probe's prompts (keyed: no draw from the training RNG) and measure: probe/score_mean,
     probe/gold_mean and its standard error, probe/gold_drop and probe/gold_drop_se (paired, from the best
     probe so far), probe/kl_mean (k1 per response, to the reference), probe/ppl_ref, probe/length_mean,
-    probe/repeat_3gram_fraction, probe/distinct_2, and probe/ensemble_std with a reward-model ensemble."""
+    probe/repeat_3gram_fraction, probe/distinct_2, and probe/ensemble_std with a reward-model ensemble.
+    Returns (metrics, per-prompt gold (P,) or None without a gold function)."""
     reference = models.reference if models.reference is not None else models.monitor_reference
     context = models.ref_context or models.monitor_context
     exp = make_experience(models.policy, models.tokenizer, [r["prompt_text"] for r in probe.rows], probe.settings,
@@ -105,8 +105,8 @@ def run_probe(probe: Probe, models, step: int = 0, ensemble=None, engine=None) -
     if exp.ref_logprobs is not None:
         out["probe/kl_mean"] = float(((exp.logprobs - exp.ref_logprobs) * mask).sum(-1).mean())
         out["probe/ppl_ref"] = A.perplexity(exp.ref_logprobs, mask)
-    if ensemble is not None and ensemble.last_std is not None:
-        out["probe/ensemble_std"] = float(ensemble.last_std.mean())
+    if models.ensemble is not None and models.ensemble.last_std is not None:
+        out["probe/ensemble_std"] = float(models.ensemble.last_std.mean())
     gold = None
     if models.gold is not None:
         gold = models.gold(exp).float()
@@ -115,10 +115,9 @@ def run_probe(probe: Probe, models, step: int = 0, ensemble=None, engine=None) -
         out["probe/gold_se"] = out["probe/gold_std"] / math.sqrt(len(gold))
         if probe.best.get("gold") is not None and len(probe.best["gold"]) == len(gold):
             out["probe/gold_drop"], out["probe/gold_drop_se"] = paired_drop(torch.tensor(probe.best["gold"]), gold)
-        probe.last_gold = gold.tolist()
     if probe.samples is not None:
         _append_samples(probe.samples, step, exp, gold)
-    return out
+    return out, gold
 
 
 def _append_samples(path: Path, step: int, exp, gold) -> None:
@@ -140,16 +139,18 @@ def criterion(probe: Probe, metrics: dict) -> tuple[str, float]:
             metrics["probe/score_mean"] - probe.kl_penalty * metrics.get("probe/kl_mean", 0.0))
 
 
-def keep_if_best(probe: Probe, metrics: dict, step: int, save, out_dir: Path) -> bool:
+def keep_if_best(probe: Probe, metrics: dict, step: int, save, out_dir: Path,
+                 gold: torch.Tensor | None = None) -> bool:
     """Save the policy as OUTPUT/best (via `save(folder)`) when this probe beats every earlier one;
-    OUTPUT/best.json says which step and why. Returns whether it did."""
+    OUTPUT/best.json says which step and why. gold: the probe's per-prompt gold (P,), which later probes
+    are paired with. Returns whether it did."""
     name, value = criterion(probe, metrics)
     if probe.best and value <= probe.best["value"]:
         return False
     save(out_dir / "best")
     probe.best = {"step": step, "criterion": name, "value": value, "score": metrics["probe/score_mean"]}
-    if "probe/gold_mean" in metrics and probe.last_gold is not None:
-        probe.best["gold"] = probe.last_gold  # the per-prompt gold later probes are paired with
+    if gold is not None:
+        probe.best["gold"] = gold.tolist()  # the per-prompt gold later probes are paired with
     tmp = out_dir / "best.json.tmp"
     tmp.write_text(json.dumps({k: v for k, v in probe.best.items() if k != "gold"}, indent=2))
     os.replace(tmp, out_dir / "best.json")

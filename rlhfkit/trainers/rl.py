@@ -14,12 +14,14 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit import models as M
 from rlhfkit.reporting import MetricsLogger, progress
 from rlhfkit.rollout.remote import RewardServiceError, scorer_metrics
 from rlhfkit.trainers.checkpoint import (latest_checkpoint, list_checkpoints, restore_trainer_state, rng_state,
                                          save_checkpoint, set_rng_state, trainer_state)
 from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError
 from rlhfkit.trainers.distributed import NullLogger, any_rank, barrier, full_state_dict
+from rlhfkit.trainers.probe import keep_if_best, run_probe
 from rlhfkit.trainers.rl_config import RLConfig
 from rlhfkit.trainers.rl_setup import RLRun, setup_rl
 from rlhfkit.trainers.rl_step import rl_step
@@ -122,16 +124,13 @@ def _probe_into(run: RLRun, step: int, metrics: dict, ckpts, logger) -> None:
 def _probe(run: RLRun, step: int) -> dict:
     """The held-out probe's metrics; the policy is kept as OUTPUT/best when this probe is the best yet
     (not under FSDP, whose sharded weights are only gathered for the final save)."""
-    from rlhfkit.models import save_model
-    from rlhfkit.trainers.probe import keep_if_best, run_probe
-
-    out = run_probe(run.probe, run.models, step, ensemble=run.models.ensemble, engine=run.engine)
+    out, gold = run_probe(run.probe, run.models, step, engine=run.engine)
     # The probe's own requests to reward services, if any (an ensemble's spread is probe/ensemble_std already).
     out.update({k: v for k, v in scorer_metrics(run.models.scorer).items() if k.startswith(REMOTE_COUNTERS)})
     if not run.cfg.fsdp:
-        save = (lambda folder: save_model(run.models.policy, run.models.tokenizer, folder)) if run.world.main \
+        save = (lambda folder: M.save_model(run.models.policy, run.models.tokenizer, folder)) if run.world.main \
             else (lambda folder: None)
-        keep_if_best(run.probe, out, step, save, run.out_dir)
+        keep_if_best(run.probe, out, step, save, run.out_dir, gold=gold)
     return out
 
 
@@ -235,14 +234,12 @@ def _start_message(run: RLRun) -> str:
 
 def _save_final(run: RLRun) -> Path:
     """The final policy in Hugging Face format under OUTPUT/final (and its critic under final/critic)."""
-    from rlhfkit.models import save_model
-
     final = run.out_dir / "final"
     policy, critic = run.models.policy, run.models.critic
     if run.cfg.fsdp:  # rank 0 saves unsharded copies in plain HF format
         policy, critic = _unsharded(run, policy, critic)
     if run.world.main:
-        final = Path(save_model(policy, run.models.tokenizer, final))
+        final = Path(M.save_model(policy, run.models.tokenizer, final))
         if critic is not None:
             critic.save_pretrained(final / "critic")
     barrier(run.world)
@@ -251,8 +248,6 @@ def _save_final(run: RLRun) -> Path:
 
 def _unsharded(run: RLRun, policy, critic):
     """Plain copies of sharded models on rank 0 (None elsewhere), for saving; a collective."""
-    from rlhfkit import models as M
-
     cfg = run.cfg
     policy_state = full_state_dict(policy)
     critic_state = full_state_dict(critic) if critic is not None else None

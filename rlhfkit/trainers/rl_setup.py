@@ -50,10 +50,17 @@ class Models:
         """Decide once per model whether its forwards run on packed rows (`enable_padding_free`): policy
         (and the reference through its disabled adapters), reference, critic, PRM, the probe's reference
         and every in-process reward model."""
-        rms = self.ensemble.reward_models if self.ensemble is not None else [getattr(self.scorer, "reward_model", None)]
-        for model in (self.policy, self.reference, self.critic, self.prm, self.monitor_reference, *rms):
+        for model in (self.policy, self.reference, self.critic, self.prm, self.monitor_reference,
+                      *self.reward_models()):
             if model is not None:
                 enable_padding_free(model, on)
+
+    def reward_models(self) -> list:
+        """The in-process reward models: an ensemble's members, the scorer's one, or none."""
+        if self.ensemble is not None:
+            return self.ensemble.reward_models
+        model = getattr(self.scorer, "reward_model", None)
+        return [] if model is None else [model]
 
     def trained(self) -> dict:
         """name -> module of every model with an optimizer (their weights are checkpointed)."""
@@ -226,8 +233,7 @@ def setup_rl(cfg) -> RLRun:
     models = build_models(cfg, algo, device)
     broadcast_parameters(w, models.trained().values())
     if cfg.fsdp:  # before the optimizers: they must hold the sharded parameters
-        frozen = [models.reference, *(models.ensemble.reward_models if models.ensemble is not None
-                                      else [getattr(models.scorer, "reward_model", None)])]
+        frozen = [models.reference, *models.reward_models()]
         for m in [*models.trained().values(), *(f for f in frozen if f is not None)]:
             shard_model(m, cfg.fsdp_param_dtype, cfg.fsdp_cpu_offload)
     rows, prompt_stats = tokenize_prompts(load_prompts(cfg.prompts, prompt_field=cfg.prompt_field), models.tokenizer,
