@@ -281,3 +281,36 @@ def test_length_groups_by_hand():
     groups = length_groups(lengths)
     assert sorted(i for g in groups for i in g) == list(range(8)) and 1 < len(groups) <= 4
     assert sum(len(g) * max(lengths[i] for i in g) for g in groups) < 8 * 128
+
+
+def _length_groups_by_rows(lengths, max_groups=4):
+    """The same search over every cut between sorted rows (the first version): the reference."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    n, overhead = len(sizes), 0.1 * len(sizes) * max(sizes)
+    best = [[float("inf")] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for g in range(1, max_groups + 1):
+        for j in range(1, n + 1):
+            for i in range(g - 1, j):
+                cost = best[g - 1][i] + (j - i) * sizes[j - 1] + overhead
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    used = min(range(1, max_groups + 1), key=lambda g: best[g][n])
+    bounds, j = [], n
+    for g in range(used, 0, -1):
+        bounds.append((cut[g][j], j))
+        j = cut[g][j]
+    return [order[a:b] for a, b in reversed(bounds) if b > a]
+
+
+def test_length_groups_equal_the_search_over_every_cut():
+    import random
+
+    rng = random.Random(0)
+    for trial in range(400):
+        n = rng.randint(1, 40)
+        top = rng.choice([3, 8, 30, 128])  # few distinct lengths (many ties) to many
+        lengths = [rng.randint(1, top) for _ in range(n)]
+        assert length_groups(lengths) == _length_groups_by_rows(lengths), lengths
