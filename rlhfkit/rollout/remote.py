@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import torch
 
+REMOTE_COUNTERS = "reward/remote_"  # metric prefix of the per-step request counters (summed, never averaged)
+
 ON_ERROR = ("stop", "zero", "retry")
 
 
@@ -78,7 +80,7 @@ class RequestPolicy:
 
     def pop_metrics(self) -> dict:
         with self._lock:
-            out = {f"reward/remote_{k}": float(v) for k, v in self.counts.items()}
+            out = {f"{REMOTE_COUNTERS}{k}": float(v) for k, v in self.counts.items()}
             self.counts = dict.fromkeys(self.counts, 0)
         return out
 

@@ -16,7 +16,7 @@ import torch
 
 from rlhfkit import models as M
 from rlhfkit.reporting import MetricsLogger, progress
-from rlhfkit.rollout.remote import RewardServiceError, scorer_metrics
+from rlhfkit.rollout.remote import REMOTE_COUNTERS, RewardServiceError, scorer_metrics
 from rlhfkit.trainers.checkpoint import (latest_checkpoint, list_checkpoints, restore_trainer_state, rng_state,
                                          save_checkpoint, set_rng_state, trainer_state)
 from rlhfkit.trainers.common import RunInterrupted, StopFlag, TrainingError
@@ -27,8 +27,6 @@ from rlhfkit.trainers.rl_setup import RLRun, setup_rl
 from rlhfkit.trainers.rl_step import rl_step
 
 __all__ = ["RLConfig", "train_rl"]
-
-REMOTE_COUNTERS = "reward/remote_"  # per-step counts of reward-service requests: a probe's add to its step's
 
 
 def train_rl(cfg: RLConfig) -> dict:

@@ -141,8 +141,8 @@ def build_models(cfg, algo: Algorithm, device) -> Models:
     if cfg.reward_model:
         members = [load_reward_scorer(path, tokenizer, dtype=cfg.dtype, device=device, trust_remote_code=trc)
                    for path in cfg.reward_model]
-        local = ensemble = EnsembleScorer(members, cfg.reward_ensemble_k) if len(members) > 1 else None
-        local = local or members[0]
+        ensemble = EnsembleScorer(members, cfg.reward_ensemble_k) if len(members) > 1 else None
+        local = ensemble or members[0]
     elif cfg.reward_fn:
         local = FunctionScorer(load_reward_function(cfg.reward_fn))
     scorer = with_remote_rewards(cfg, local)  # + --reward-url services and the --reward-judge-url judge
