@@ -31,6 +31,12 @@ PRESETS = {
         "fast_sizes": dict(sft_train=200, sft_eval=20, prefs_train=200, prefs_eval=40, prompts_train=40,
                            prompts_eval=16),
         "sft": dict(epochs=8, batch_size=32, lr=3e-3, max_length=64), "fast_sft": dict(epochs=1),
+        # Comparisons of the SFT policy's own samples (two per prompt, labelled by the same simulated
+        # annotators), added to the written pairs, as InstructGPT's labellers compared model samples and
+        # Gao et al. (2023) trained their proxy reward models on the initial policy's samples. With the
+        # written pairs alone the reward model was wrong where the policy starts: held-out gold fell in the
+        # first 15-25 RL steps of every run, healthy or not (docs/health/reward-hacking.md).
+        "policy_pairs": dict(prompts=4000), "fast_policy_pairs": dict(prompts=40),
         # lm_coef keeps the backbone a language model while it learns the ranking (MOSS-RLHF).
         "rm": dict(epochs=2, batch_size=32, lr=1e-3, max_length=64, lm_coef=0.5), "fast_rm": dict(epochs=1),
         # kl_coef 0.05 in the reward kept the KL to the SFT policy at 3.9-4.8 nats per response (29-39
@@ -108,7 +114,7 @@ class QuickstartConfig:
 
 def _settings(cfg: QuickstartConfig, key: str) -> dict | None:
     preset = PRESETS[cfg.task]
-    base = preset[key]
+    base = preset.get(key)
     if base is None:
         return None
     return {**base, **(preset[f"fast_{key}"] if cfg.fast else {})}
@@ -148,10 +154,21 @@ def _run(cfg: QuickstartConfig, environment: dict) -> dict:
     sft = train_sft(SFTConfig(model=base, data=data["sft_train"], eval_data=data["sft_eval"], output=str(out / "sft"),
                               **_settings(cfg, "sft"), **common))
     summary["stages"]["sft"] = _numbers(sft)
+    preferences = [data["prefs_train"]] if "prefs_train" in data else []
+    pair_settings = _settings(cfg, "policy_pairs")
+    if pair_settings is not None:
+        data["prefs_policy"], summary["policy_pairs"] = policy_pairs(
+            task, sft["final"], out / "data" / "prefs_policy.jsonl", seed=cfg.seed, device=cfg.device,
+            max_new_tokens=_settings(cfg, "rl")["max_new_tokens"], **pair_settings)
+        pairs = summary["policy_pairs"]
+        print(f"[quickstart] {pairs['pairs']} comparisons of the SFT policy's own samples for the reward model "
+              f"({pairs['near_ties_dropped']} near-ties dropped)")
+        if pairs["pairs"]:   # an untrained (--fast) policy may write only ties
+            preferences.append(data["prefs_policy"])
     reward_args: dict
     rm_settings = _settings(cfg, "rm")
     if rm_settings is not None:
-        rm = train_rm(RMConfig(model=sft["final"], data=data["prefs_train"], eval_data=data["prefs_eval"],
+        rm = train_rm(RMConfig(model=sft["final"], data=tuple(preferences), eval_data=data["prefs_eval"],
                                output=str(out / "rm"), **rm_settings, **common))
         summary["stages"]["rm"] = _numbers(rm)
         reward_args = {"reward_model": rm["final"]}
@@ -166,7 +183,7 @@ def _run(cfg: QuickstartConfig, environment: dict) -> dict:
         rl_settings["lr"] = cfg.rl_lr
     best = {}
     if algo in DPO_ALGOS:  # the same SFT model and the reward model's pairs, no RL (docs/dpo.md)
-        rl = _train_dpo(cfg, algo, sft["final"], data, out, common)
+        rl = _train_dpo(cfg, algo, sft["final"], tuple(preferences), data["prefs_eval"], out, common)
     else:
         # The held-out probe watches the eval prompts (never trained on) and keeps the best policy.
         rl = train_rl(RLConfig(policy=sft["final"], prompts=data["prompts_train"], output=str(out / "rl"), algo=algo,
@@ -197,13 +214,49 @@ def _run(cfg: QuickstartConfig, environment: dict) -> dict:
     return summary
 
 
-def _train_dpo(cfg: QuickstartConfig, algo: str, sft_path: str, data: dict, out: Path, common: dict) -> dict:
+def _train_dpo(cfg: QuickstartConfig, algo: str, sft_path: str, preferences: tuple[str, ...], eval_path: str,
+               out: Path, common: dict) -> dict:
     """`rlhfkit dpo` from the SFT policy on the pairs the reward model was trained and evaluated on."""
     from rlhfkit.trainers.dpo import DPOConfig, train_dpo
 
     settings = {**_settings(cfg, "dpo"), **DPO_ALGOS[algo]}
-    return train_dpo(DPOConfig(model=sft_path, data=data["prefs_train"], eval_data=data["prefs_eval"],
+    data = preferences[0]
+    if len(preferences) > 1:   # `rlhfkit dpo` reads one file: the reward model's files, joined
+        data = str(out / "data" / "prefs_dpo.jsonl")
+        Path(data).write_text("".join(Path(p).read_text() for p in preferences))
+    return train_dpo(DPOConfig(model=sft_path, data=data, eval_data=eval_path,
                                output=str(out / "dpo"), **settings, **common))
+
+
+def policy_pairs(task, policy_path: str, out_path: Path, prompts: int, seed: int, max_new_tokens: int,
+                 device: str = "cpu") -> tuple[str, dict]:
+    """Two samples of the policy per prompt, labelled by the task's simulated annotators (`task.label_pairs`):
+    comparisons of the policy's own outputs, where the reward model must be right when RL starts.
+    `prompts` prompts are drawn as the task's data draws them; sampling is seeded by `seed`.
+    Writes prompt/chosen/rejected rows to `out_path`; returns (path, info: beta, agreement, pairs kept)."""
+    import random
+
+    from rlhfkit.data import load_prompts, tokenize_prompts
+    from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.rollout import GenerationSettings, make_engine
+    from rlhfkit.tasks.base import write_jsonl
+    from rlhfkit.trainers.common import set_seed
+
+    tokenizer = load_tokenizer(policy_path)
+    policy = load_causal_lm(policy_path, device=device).eval()
+    engine = make_engine("native", policy, tokenizer)
+    texts = task.sample_prompts(random.Random(f"{seed}:policy_pairs"), prompts)
+    rows, _ = tokenize_prompts(load_prompts([{"prompt": t} for t in texts]), tokenizer, 64, overlong="truncate")
+    set_seed(seed)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, n=2)
+    first, second = [], []
+    for start in range(0, len(rows), 256):
+        chunk = rows[start:start + 256]
+        result = engine.generate([r["prompt_text"] for r in chunk], settings, prompt_ids=[r["prompt_ids"] for r in chunk])
+        first += result.responses[0::2]
+        second += result.responses[1::2]
+    labelled, info = task.label_pairs([r["prompt_text"] for r in rows], first, second, seed=seed)
+    return write_jsonl(out_path, labelled), info
 
 
 def evaluate_both(cfg, prompts_path: str, sft_path: str, rl_path: str, reward_args: dict, eval_settings: dict,

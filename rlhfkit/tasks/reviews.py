@@ -34,6 +34,7 @@ from rlhfkit.tasks.base import check_batch, clean_response, resolve_sizes, write
 
 _TOKEN = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]")
 MIN_WORDS, MAX_WORDS = 6, 20
+NEAR_TIE = 0.05   # preference pairs whose gold differs by less carry no preference
 
 
 def subject_of(prompt: str) -> str | None:
@@ -250,9 +251,14 @@ class ReviewsTask:
             for _ in range(20):   # near-ties carry no preference; resample them
                 a, b = (sample_review(rng, subject, rng.choices(kinds, weights)[0]) for _ in "ab")
                 ga, gb = gold([prompt, prompt], [a, b])
-                if abs(ga - gb) >= 0.05:
+                if abs(ga - gb) >= NEAR_TIE:
                     break
             pairs.append((prompt, a, b, ga - gb))
+        return self._label(rng, pairs)
+
+    def _label(self, rng: random.Random, pairs: list[tuple[str, str, str, float]]) -> tuple[list[dict], dict]:
+        """Bradley-Terry labels for (prompt, a, b, gold_a - gold_b) pairs, with beta calibrated so that
+        they agree with gold on `agreement` of the pairs in expectation."""
         beta = calibrate_beta([p[3] for p in pairs], self.agreement) if pairs else 0.0
         rows, agree = [], 0
         for prompt, a, b, gap in pairs:
@@ -261,6 +267,26 @@ class ReviewsTask:
             chosen, rejected = (a, b) if a_wins else (b, a)
             rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
         return rows, {"beta": beta, "agreement": agree / len(pairs) if pairs else None}
+
+    def sample_prompts(self, rng: random.Random, n: int) -> list[str]:
+        """n prompts drawn as the data files draw theirs."""
+        return [self._prompt(rng)[0] for _ in range(n)]
+
+    def label_pairs(self, prompts: list[str], responses_a: list[str], responses_b: list[str],
+                    seed: int = 0) -> tuple[list[dict], dict]:
+        """Preference rows for two responses per prompt (a policy's own samples, say), labelled by the
+        simulated annotators: P(a preferred) = sigmoid(beta * (gold_a - gold_b)), beta calibrated to
+        `agreement` on these pairs. Near-ties (|gold gap| < 0.05) carry no preference and are dropped.
+
+        Returns (rows of prompt/chosen/rejected, info: beta, agreement realized, pairs kept and dropped).
+        """
+        if not len(prompts) == len(responses_a) == len(responses_b):
+            raise ValueError(f"label_pairs: {len(prompts)} prompts, {len(responses_a)} and {len(responses_b)} "
+                             f"responses; give two responses per prompt")
+        gaps = [ga - gb for ga, gb in zip(gold(prompts, responses_a), gold(prompts, responses_b))]
+        pairs = [(p, a, b, g) for p, a, b, g in zip(prompts, responses_a, responses_b, gaps) if abs(g) >= NEAR_TIE]
+        rows, info = self._label(random.Random(f"{seed}:label_pairs"), pairs)
+        return rows, {**info, "pairs": len(rows), "near_ties_dropped": len(prompts) - len(rows)}
 
     def _prompt_rows(self, rng: random.Random, n: int) -> list[dict]:
         rows = []
