@@ -42,10 +42,13 @@ PRESETS = {
         # kl_coef 0.05 in the reward kept the KL to the SFT policy at 3.9-4.8 nats per response (29-39
         # with kl_coef 0, where gold ends near -1 on every seed); 28 tokens cut almost no response.
         # PPO's own defaults: 2 passes over each batch of 16 (docs/rl/ppo.md, "Defaults").
-        # The probe: 128 of the held-out prompts every 5 steps (docs/health/reward-hacking.md: with fewer
-        # or sparser probes the kl_coef 0 experiment is caught later, and best checkpoints are noisier).
+        # critic_warmup_steps: the critic (initialized from the reward model) learns alone for 5 steps before
+        # the policy moves (PPO-max); without it the first updates' advantages were the value head's noise
+        # and gold fell at step 5 on some seeds, healthy or not (docs/health/reward-hacking.md).
+        # The probe: 128 of the held-out prompts every 2 steps (with sparser probes a fast fall is seen
+        # only after gold is already below the start; with fewer prompts a fall hides in the noise).
         "rl": dict(steps=100, prompts_per_step=16, max_new_tokens=28, lr=3e-4, kl_coef=0.05, max_prompt_length=16,
-                   probe_every=5, probe_size=128),
+                   critic_warmup_steps=5, probe_every=2, probe_size=128),
         "fast_rl": dict(steps=3, prompts_per_step=4, probe_every=1, probe_size=4),
         "eval": dict(max_new_tokens=28), "fast_eval": dict(),
         # --algo dpo|cdpo|ipo|simpo: instead of RL, the SFT policy learns from the reward model's own

@@ -107,6 +107,32 @@ def test_agreement_option_moves_the_label_noise(tmp_path):
     assert sum(a > b for a, b in zip(c, r)) / len(rows) > 0.85
 
 
+def test_label_pairs_drops_near_ties_and_labels_by_bradley_terry(task):
+    good = "the battery is excellent and the screen is very bright . i would highly recommend this phone ."
+    bad = "excellent excellent excellent excellent excellent excellent ."
+    neutral = "the battery is okay and the screen is fine . overall , this phone is average ."
+    prompts = ["review : phone"] * 3000
+    a = [good, bad, good] * 1000
+    b = [bad, good, good] * 1000   # the third of each triple is a tie: dropped
+    rows, info = task.label_pairs(prompts, a, b, seed=0)
+    assert info["pairs"] == len(rows) == 2000 and info["near_ties_dropped"] == 1000
+    assert all({r["chosen"], r["rejected"]} == {good, bad} for r in rows)
+    # one gap size (|gold(good) - gold(bad)| = 2): beta = logit(0.7) / 2, and about 70% of labels agree
+    assert info["beta"] == pytest.approx(math.log(0.7 / 0.3) / (g(prompts[0], good) - g(prompts[0], bad)), rel=1e-6)
+    agree = sum(r["chosen"] == good for r in rows) / len(rows)
+    assert agree == pytest.approx(info["agreement"]) and 0.66 <= agree <= 0.74   # 2000 draws: se 0.01
+    # a larger gap is labelled more reliably than a smaller one with the same beta (the BT curve)
+    rows, _ = task.label_pairs(["review : phone"] * 4000, [good, neutral] * 2000, [bad, bad] * 2000, seed=1)
+    by_kind = {good: [], neutral: []}
+    for r in rows:
+        winner = r["chosen"] if r["chosen"] != bad else r["rejected"]
+        by_kind[winner].append(r["chosen"] != bad)
+    assert sum(by_kind[good]) / len(by_kind[good]) > sum(by_kind[neutral]) / len(by_kind[neutral]) + 0.05
+    assert task.label_pairs(prompts[:2], a[:2], b[:2], seed=5) == task.label_pairs(prompts[:2], a[:2], b[:2], seed=5)
+    with pytest.raises(ValueError, match="two responses per prompt"):
+        task.label_pairs(prompts[:2], a[:2], b[:1])
+
+
 def test_calibrate_beta_hand_examples():
     # equal gaps: sigmoid(beta * g) = a  =>  beta = logit(a) / g
     assert R.calibrate_beta([0.5, -0.5, 0.5], 0.7) == pytest.approx(math.log(0.7 / 0.3) / 0.5, rel=1e-6)

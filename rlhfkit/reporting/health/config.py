@@ -72,9 +72,10 @@ class HealthConfig:
     clipfrac_max: float = 0.3        # median policy/clipfrac over the window above this fires
     # 7. overoptimization: on the held-out probe, the proxy score keeps rising while quality falls
     overoptimization_policy: str = "warn"
-    overopt_gold_drop: float = 2.0   # probe gold below its best by this many (paired) standard errors...
-    overopt_gold_effect: float = 0.3  # ...and by this x the first probe's per-prompt gold std (a drop that matters)...
-    overopt_probes: int = 2          # ...on this many probes in a row (a dip that stays)
+    overopt_gold_drop: float = 3.0   # probe gold below its best by this many (paired) standard errors...
+    overopt_gold_effect: float = 0.2  # ...and by this x the first probe's per-prompt gold std (a drop that matters)...
+    overopt_kl_gain: float = 1.0     # ...while the probe's KL to the reference is this many nats above the best's...
+    overopt_probes: int = 1          # ...on this many probes in a row
     overopt_kl_budget: float = 10.0  # without gold: probe KL to the reference above this (nats/response)...
     overopt_ppl_growth: float = 1.5  # ...and reference perplexity of the probe's answers x this since the start
     overopt_disagreement_growth: float = 2.0  # ...or a reward-model ensemble's disagreement x this since the start
@@ -106,7 +107,7 @@ class HealthConfig:
             if float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{_field(name)} is a growth factor and must be > 1, got {getattr(self, name)!r}")
         for name in ("kl_max", "kl_min", "hacking_t", "value_oscillation", "stalled_score_change", "stalled_kl",
-                     "stalled_approx_kl", "clipfrac_max", "entropy_floor", "overopt_gold_drop", "overopt_kl_budget",
+                     "stalled_approx_kl", "clipfrac_max", "entropy_floor", "overopt_gold_drop", "overopt_kl_budget", "overopt_kl_gain",
                      "overopt_gold_effect"):
             if not float(getattr(self, name)) >= 0.0:
                 raise ConfigError(f"{_field(name)} must be >= 0, got {getattr(self, name)!r}")

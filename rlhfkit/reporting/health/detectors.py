@@ -337,11 +337,14 @@ def _gold_drop_at(cfg: HealthConfig, history: dict, initial: dict, score, gold, 
         drop, se = g_best - g_now, dict(history.get("probe/gold_se") or ()).get(step, 0.0)
     se = max(se, 1e-6)
     spread = initial.get("probe/gold_std", 0.0)  # how much gold varies between prompts at the start
+    kl = dict(history.get("probe/kl_mean") or ())
+    kl_best, kl_now = kl.get(best_step, 0.0), kl.get(step, 0.0)
     if not (drop > cfg.overopt_gold_drop * se and drop > cfg.overopt_gold_effect * spread
-            and score[i][1] > score[best][1]):
+            and score[i][1] > score[best][1] and kl_now - kl_best >= cfg.overopt_kl_gain):
         return None
     return ({"gold_best": g_best, "gold_now": g_now, "gold_drop": drop, "gold_drop_se": se,
-             "score_at_best": score[best][1], "score_now": score[i][1], "best_step": best_step}, best_step)
+             "score_at_best": score[best][1], "score_now": score[i][1], "kl_at_best": kl_best, "kl_now": kl_now,
+             "best_step": best_step}, best_step)
 
 
 REMEDIES: dict[str, tuple[str, ...]] = {
