@@ -62,15 +62,28 @@ def fires(rows) -> list:
 
 
 def test_overoptimization_with_gold():
-    hacked = stream(gold=[0.0, 0.2, 0.3, 0.1, 0.05], score=[0.3, 0.6, 0.9, 1.1, 1.3])  # two probes 10 se below
+    kl = [0.0, 1.0, 2.0, 4.0, 6.0]
+    hacked = stream(gold=[0.0, 0.2, 0.3, 0.1, 0.05], score=[0.3, 0.6, 0.9, 1.1, 1.3], kl=kl)  # 10 se below
     found = fires(hacked)
-    assert [w.step for w in found] == [50] and found[0].since == 30  # the best probe: step 30
-    assert found[0].figures["best_step"] == 30 and found[0].figures["gold_drop"] == pytest.approx(0.25)
-    # one probe far below, then back: a dip (healthy runs show them early), not over-optimization
-    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.1, 0.28], score=[0.3, 0.6, 0.9, 1.1, 1.3])) == []
-    # within 2 standard errors is noise; a falling gold with a falling score is not over-optimization
-    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.27, 0.27], score=[0.3, 0.6, 0.9, 1.1, 1.3])) == []
-    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.1, 0.0], score=[0.3, 0.6, 0.9, 0.5, 0.4])) == []
+    assert [w.step for w in found] == [40] and found[0].since == 30  # the best probe: step 30
+    assert found[0].figures["best_step"] == 30 and found[0].figures["gold_drop"] == pytest.approx(0.2)
+    assert found[0].figures["kl_at_best"] == 2.0 and found[0].figures["kl_now"] == 4.0
+    assert "from 2 to 4 nats" in found[0].message
+    # the same fall at a steady KL (gained 0.5 nats < overopt_kl_gain 1): a healthy run wandering, no event
+    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.1, 0.05], score=[0.3, 0.6, 0.9, 1.1, 1.3],
+                        kl=[0.0, 1.0, 2.0, 2.5, 2.4])) == []
+    # within 3 standard errors is noise; a falling gold with a falling score is not over-optimization
+    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.25, 0.25], score=[0.3, 0.6, 0.9, 1.1, 1.3], kl=kl)) == []
+    assert fires(stream(gold=[0.0, 0.2, 0.3, 0.1, 0.0], score=[0.3, 0.6, 0.9, 0.5, 0.4], kl=kl)) == []
+    # overopt_probes 2: the fall must hold on a second probe; a dip that comes back is not enough
+    from rlhfkit.reporting.health import HealthConfig, HealthMonitor
+
+    def fires_held(gold):
+        monitor = HealthMonitor(HealthConfig(overopt_probes=2))
+        rows = stream(gold=gold, score=[0.3, 0.6, 0.9, 1.1, 1.3], kl=kl)
+        return [w.step for r in rows for w in monitor.update(r["step"], r) if w.detector == "overoptimization"]
+
+    assert fires_held([0.0, 0.2, 0.3, 0.1, 0.05]) == [50] and fires_held([0.0, 0.2, 0.3, 0.1, 0.29]) == []
 
 
 def test_overoptimization_without_gold():
@@ -108,16 +121,18 @@ def test_paired_drop_by_hand():
 def test_overoptimization_reads_the_paired_drop():
     # The probe's gold wanders within its unpaired standard error (0.1), but per prompt it fell by 0.06
     # and 0.07 with a paired standard error of 0.01: the same answers got worse. Probes from step 0.
-    rows = stream(gold=[0.10, 0.12, 0.06, 0.05], score=[0.3, 0.6, 0.9, 1.0], se=0.1)
+    rows = stream(gold=[0.10, 0.12, 0.06, 0.05], score=[0.3, 0.6, 0.9, 1.0], kl=[0.0, 0.5, 2.0, 3.0], se=0.1)
     for row in rows:
         row["step"] -= 10
-    assert fires(rows) == []  # unpaired: 0.07 < 2 x 0.1
+    assert fires(rows) == []  # unpaired: 0.07 < 3 x 0.1
     rows[2].update({"probe/gold_drop": 0.06, "probe/gold_drop_se": 0.01})
     rows[3].update({"probe/gold_drop": 0.07, "probe/gold_drop_se": 0.01})
     found = fires(rows)
-    assert [w.step for w in found] == [30] and found[0].since == 10
+    assert [w.step for w in found] == [20] and found[0].since == 10
     assert found[0].figures["gold_drop_se"] == pytest.approx(0.01)
-    rows[2].update({"probe/gold_drop_se": 0.04})  # 1.5 paired standard errors at the first of the two: noise
+    rows[2].update({"probe/gold_drop_se": 0.025})  # 2.4 paired standard errors: noise; the next probe's 7 fire
+    assert [w.step for w in fires(rows)] == [30]
+    rows[3].update({"probe/gold_drop_se": 0.025})
     assert fires(rows) == []
 
 
@@ -192,10 +207,11 @@ def test_probe_samples_are_written_and_trimmed_on_resume(tiny_dir, data_dir, tmp
 
 
 def test_overoptimization_needs_a_drop_that_matters():
-    # A measurable but small dip (0.05 with a paired se of 0.01) is what healthy runs show early;
-    # with the first probe's per-prompt gold spread 0.4, the smallest drop that fires is 0.3 x 0.4 = 0.12.
+    # A measurable but small dip (0.05 with a paired se of 0.01) is what healthy runs show;
+    # with the first probe's per-prompt gold spread 0.4, the smallest drop that fires is 0.2 x 0.4 = 0.08.
     def rows(drops):
-        out = stream(gold=[0.10, 0.12, 0.07, -0.05, -0.06], score=[0.3, 0.6, 0.9, 1.0, 1.1], se=0.1)
+        out = stream(gold=[0.10, 0.12, 0.07, -0.05, -0.06], score=[0.3, 0.6, 0.9, 1.0, 1.1],
+                     kl=[0.0, 0.5, 2.0, 3.0, 4.0], se=0.1)
         for row, drop in zip(out, [None, None, *drops]):
             row["step"] -= 10
             row["probe/gold_std"] = 0.4
@@ -203,18 +219,33 @@ def test_overoptimization_needs_a_drop_that_matters():
                 row.update({"probe/gold_drop": drop, "probe/gold_drop_se": 0.01})
         return out
 
-    assert [w.step for w in fires(rows([0.05, 0.17, 0.18]))] == [40]
-    assert fires(rows([0.05, 0.11, 0.18])) == []  # 0.11 < 0.12: only one probe in a row
+    assert [w.step for w in fires(rows([0.05, 0.09, 0.18]))] == [30]
+    assert [w.step for w in fires(rows([0.05, 0.07, 0.18]))] == [40]  # 0.07 < 0.08 at step 30
+    assert fires(rows([0.05, 0.07, 0.07])) == []
 
 
-@pytest.mark.parametrize("name, fired", [("probe_kl0_seed1", [20, 55, 80]), ("probe_kl0_seed2", [65, 90]),
-                                         ("probe_default_seed1", [])])
-def test_overoptimization_on_recorded_quickstart_probes(name, fired):
-    # Probe rows recorded from `rlhfkit quickstart --seed S [--kl-coef 0]` (docs/health/reward-hacking.md).
-    # The default run of seed 1 dips on the probe by 0.22 of gold (3.8 paired standard errors) at step
-    # 25 and recovers by step 35: one probe, so no event; the kl_coef 0 runs fall and stay down.
+@pytest.mark.parametrize("name, fired, loosened", [
+    # (the runs fired again at 63 / 71 after the 25-step cooldown; replayed on probe rows alone, the
+    # monitor sees the next probe, 64 / 72)
+    ("probe_kl0_seed0", [38, 64, 90], {}),
+    ("probe_kl0_seed2", [46, 72, 98], {}),
+    # default runs: gold wanders down at a steady KL late in the run (seed 1: fires at 90 without the KL
+    # condition), or by less than 3 paired standard errors (seed 3: fires at 58 at 2 se)
+    ("probe_def_seed1", [], {"overopt_kl_gain": 0.0}),
+    ("probe_def_seed3", [], {"overopt_gold_drop": 2.0}),
+])
+def test_overoptimization_on_recorded_quickstart_probes(name, fired, loosened):
+    # Probe rows recorded from `rlhfkit quickstart --seed S [--kl-coef 0]` (docs/health/reward-hacking.md):
+    # the kl_coef 0 runs fire while their probe gold is still within noise of the start's; the default
+    # runs fire nothing, and each fires once the one condition that holds it back is loosened.
     from pathlib import Path
+
+    from rlhfkit.reporting.health import HealthConfig, HealthMonitor
 
     path = Path(__file__).resolve().parents[1] / "reporting" / "data" / f"{name}.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [w.step for w in fires(rows)] == fired
+    if loosened:
+        monitor = HealthMonitor(HealthConfig(**loosened))
+        steps = [w.step for r in rows for w in monitor.update(r["step"], r) if w.detector == "overoptimization"]
+        assert steps[:1] == {"probe_def_seed1": [90], "probe_def_seed3": [58]}[name]

@@ -268,9 +268,10 @@ def detect_overoptimization(cfg: HealthConfig, history: dict, initial: dict) -> 
     the proxy keeps rising as quality falls (Gao et al. 2023). The drop and its standard error are
     paired per prompt (probe/gold_drop, probe/gold_drop_se: same prompts, same sampling keys); a stream
     without them uses probe/gold_se. The drop must also exceed `overopt_gold_effect` x the first probe's
-    per-prompt gold spread (probe/gold_std), and hold on `overopt_probes` probes in a row: RL runs that
-    end well often dip early, measurably, for a probe or so (docs/health/reward-hacking.md);
-    over-optimization is a fall that stays. Without gold (at least 3 probes): the probe's score rose since the
+    per-prompt gold spread (probe/gold_std), the policy must have paid for it in KL: the probe's KL to
+    the reference is `overopt_kl_gain` nats above its KL at the best probe (past the peak of gold as a
+    function of KL, as Gao et al. plot it; a healthy KL-penalized run wanders in gold at a steady KL),
+    and it must hold on `overopt_probes` probes in a row (docs/health/overoptimization.md). Without gold (at least 3 probes): the probe's score rose since the
     first probe, its KL to the reference is above `overopt_kl_budget`, and its answers drift from what
     the reference writes: their reference perplexity grew `overopt_ppl_growth`-fold, the share of
     looping answers rose by `hacking_repetition_rise`, or a reward-model ensemble's disagreement grew
@@ -317,10 +318,13 @@ def _gold_drop(cfg: HealthConfig, history: dict, initial: dict, score, gold) -> 
     if not all(found):
         return None
     figures, best_step = found[-1]
+    kl_words = (f" and its KL to the reference from {_fmt(figures['kl_at_best'])} to {_fmt(figures['kl_now'])} nats"
+                if "kl_now" in figures else "")
+    probes_words = f", on {cfg.overopt_probes} probes in a row" if cfg.overopt_probes > 1 else ""
     return (figures, f"on the held-out probe the gold reward fell from {_fmt(figures['gold_best'])} (step "
                      f"{best_step}) to {_fmt(figures['gold_now'])} ({figures['gold_drop'] / figures['gold_drop_se']:.1f} "
                      f"standard errors) while the score rose from {_fmt(figures['score_at_best'])} to "
-                     f"{_fmt(figures['score_now'])}, on {cfg.overopt_probes} probes in a row: the policy is "
+                     f"{_fmt(figures['score_now'])}{kl_words}{probes_words}: the policy is "
                      f"optimizing the proxy past the point where it helps; the best probe's policy is kept in "
                      f"OUTPUT/best", best_step)
 
@@ -338,13 +342,16 @@ def _gold_drop_at(cfg: HealthConfig, history: dict, initial: dict, score, gold, 
     se = max(se, 1e-6)
     spread = initial.get("probe/gold_std", 0.0)  # how much gold varies between prompts at the start
     kl = dict(history.get("probe/kl_mean") or ())
-    kl_best, kl_now = kl.get(best_step, 0.0), kl.get(step, 0.0)
+    kl_best, kl_now = kl.get(best_step), kl.get(step)
+    paid = kl_best is None or kl_now is None or kl_now - kl_best >= cfg.overopt_kl_gain  # unchecked without KL
     if not (drop > cfg.overopt_gold_drop * se and drop > cfg.overopt_gold_effect * spread
-            and score[i][1] > score[best][1] and kl_now - kl_best >= cfg.overopt_kl_gain):
+            and score[i][1] > score[best][1] and paid):
         return None
-    return ({"gold_best": g_best, "gold_now": g_now, "gold_drop": drop, "gold_drop_se": se,
-             "score_at_best": score[best][1], "score_now": score[i][1], "kl_at_best": kl_best, "kl_now": kl_now,
-             "best_step": best_step}, best_step)
+    figures = {"gold_best": g_best, "gold_now": g_now, "gold_drop": drop, "gold_drop_se": se,
+               "score_at_best": score[best][1], "score_now": score[i][1], "best_step": best_step}
+    if kl_best is not None and kl_now is not None:
+        figures.update(kl_at_best=kl_best, kl_now=kl_now)
+    return figures, best_step
 
 
 REMEDIES: dict[str, tuple[str, ...]] = {
