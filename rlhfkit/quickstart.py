@@ -157,21 +157,11 @@ def _run(cfg: QuickstartConfig, environment: dict) -> dict:
     sft = train_sft(SFTConfig(model=base, data=data["sft_train"], eval_data=data["sft_eval"], output=str(out / "sft"),
                               **_settings(cfg, "sft"), **common))
     summary["stages"]["sft"] = _numbers(sft)
-    preferences = [data["prefs_train"]] if "prefs_train" in data else []
-    pair_settings = _settings(cfg, "policy_pairs")
-    if pair_settings is not None:
-        data["prefs_policy"], summary["policy_pairs"] = policy_pairs(
-            task, sft["final"], out / "data" / "prefs_policy.jsonl", seed=cfg.seed, device=cfg.device,
-            max_new_tokens=_settings(cfg, "rl")["max_new_tokens"], **pair_settings)
-        pairs = summary["policy_pairs"]
-        print(f"[quickstart] {pairs['pairs']} comparisons of the SFT policy's own samples for the reward model "
-              f"({pairs['near_ties_dropped']} near-ties dropped)")
-        if pairs["pairs"]:   # an untrained (--fast) policy may write only ties
-            preferences.append(data["prefs_policy"])
+    preferences = _preferences(cfg, task, sft["final"], data, out, summary)
     reward_args: dict
     rm_settings = _settings(cfg, "rm")
     if rm_settings is not None:
-        rm = train_rm(RMConfig(model=sft["final"], data=tuple(preferences), eval_data=data["prefs_eval"],
+        rm = train_rm(RMConfig(model=sft["final"], data=preferences, eval_data=data["prefs_eval"],
                                output=str(out / "rm"), **rm_settings, **common))
         summary["stages"]["rm"] = _numbers(rm)
         reward_args = {"reward_model": rm["final"]}
@@ -186,7 +176,7 @@ def _run(cfg: QuickstartConfig, environment: dict) -> dict:
         rl_settings["lr"] = cfg.rl_lr
     best = {}
     if algo in DPO_ALGOS:  # the same SFT model and the reward model's pairs, no RL (docs/dpo.md)
-        rl = _train_dpo(cfg, algo, sft["final"], tuple(preferences), data["prefs_eval"], out, common)
+        rl = _train_dpo(cfg, algo, sft["final"], preferences, data["prefs_eval"], out, common)
     else:
         # The held-out probe watches the eval prompts (never trained on) and keeps the best policy.
         rl = train_rl(RLConfig(policy=sft["final"], prompts=data["prompts_train"], output=str(out / "rl"), algo=algo,
@@ -215,6 +205,23 @@ def _run(cfg: QuickstartConfig, environment: dict) -> dict:
     summary["final"] = rl["final"]
     summary["report"] = str(report)
     return summary
+
+
+def _preferences(cfg: QuickstartConfig, task, sft_path: str, data: dict, out: Path, summary: dict) -> tuple[str, ...]:
+    """The preference files the reward model (or DPO) learns from: the task's written pairs, and comparisons
+    of the SFT policy's own samples where the preset asks for them (recorded in data and summary)."""
+    preferences = [data["prefs_train"]] if "prefs_train" in data else []
+    settings = _settings(cfg, "policy_pairs")
+    if settings is not None:
+        data["prefs_policy"], pairs = policy_pairs(task, sft_path, out / "data" / "prefs_policy.jsonl", seed=cfg.seed,
+                                                   device=cfg.device,
+                                                   max_new_tokens=_settings(cfg, "rl")["max_new_tokens"], **settings)
+        summary["policy_pairs"] = pairs
+        print(f"[quickstart] {pairs['pairs']} comparisons of the SFT policy's own samples for the reward model "
+              f"({pairs['near_ties_dropped']} near-ties dropped)")
+        if pairs["pairs"]:   # an untrained (--fast) policy may write only ties
+            preferences.append(data["prefs_policy"])
+    return tuple(preferences)
 
 
 def _train_dpo(cfg: QuickstartConfig, algo: str, sft_path: str, preferences: tuple[str, ...], eval_path: str,
@@ -255,7 +262,8 @@ def policy_pairs(task, policy_path: str, out_path: Path, prompts: int, seed: int
     first, second = [], []
     for start in range(0, len(rows), 256):
         chunk = rows[start:start + 256]
-        result = engine.generate([r["prompt_text"] for r in chunk], settings, prompt_ids=[r["prompt_ids"] for r in chunk])
+        result = engine.generate([r["prompt_text"] for r in chunk], settings,
+                                 prompt_ids=[r["prompt_ids"] for r in chunk])
         first += result.responses[0::2]
         second += result.responses[1::2]
     labelled, info = task.label_pairs([r["prompt_text"] for r in rows], first, second, seed=seed)

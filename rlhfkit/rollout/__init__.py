@@ -1,4 +1,5 @@
-"""Rollout: sample responses (an `Engine`; HF generate by default), build the batch of experience, score it.
+"""Rollout: sample responses (an `Engine`: `native` in RL runs, HF generate when `make_experience` gets
+none), build the batch of experience, score it.
 
 Importing this package loads torch but not transformers (it loads on first use).
 """

@@ -107,8 +107,8 @@ class HealthConfig:
             if float(getattr(self, name)) <= 1.0:
                 raise ConfigError(f"{_field(name)} is a growth factor and must be > 1, got {getattr(self, name)!r}")
         for name in ("kl_max", "kl_min", "hacking_t", "value_oscillation", "stalled_score_change", "stalled_kl",
-                     "stalled_approx_kl", "clipfrac_max", "entropy_floor", "overopt_gold_drop", "overopt_kl_budget", "overopt_kl_gain",
-                     "overopt_gold_effect"):
+                     "stalled_approx_kl", "clipfrac_max", "entropy_floor", "overopt_gold_drop", "overopt_kl_budget",
+                     "overopt_kl_gain", "overopt_gold_effect"):
             if not float(getattr(self, name)) >= 0.0:
                 raise ConfigError(f"{_field(name)} must be >= 0, got {getattr(self, name)!r}")
 
