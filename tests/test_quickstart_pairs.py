@@ -47,3 +47,27 @@ def test_policy_pairs_are_two_seeded_samples_of_the_policy_per_prompt(tmp_path):
     policy_pairs(task, model, tmp_path / "again.jsonl", prompts=300, seed=3, max_new_tokens=6)
     policy_pairs(task, model, tmp_path / "other.jsonl", prompts=300, seed=4, max_new_tokens=6)
     assert task.seen[1] == task.seen[0] and task.seen[2][1] != task.seen[0][1]
+
+
+def test_the_reward_model_gets_the_written_pairs_and_the_policy_comparisons(tmp_path):
+    from rlhfkit.models.tiny import save_tiny
+    from rlhfkit.quickstart import QuickstartConfig, _preferences
+
+    task = RecordingTask()
+    model = save_tiny(tmp_path / "policy", task.corpus(), level="word", seed=0, hidden_size=32, num_layers=2,
+                      num_heads=4)
+    data, summary = {"prefs_train": str(tmp_path / "written.jsonl")}, {}
+    cfg = QuickstartConfig(fast=True, output=str(tmp_path))
+    files = _preferences(cfg, task, model, data, tmp_path, summary)
+    assert files == (data["prefs_train"], str(tmp_path / "data" / "prefs_policy.jsonl"))
+    assert data["prefs_policy"] == files[1] and summary["policy_pairs"]["pairs"] == 40   # the fast preset's 40
+
+    class AllTies(RecordingTask):
+        def label_pairs(self, prompts, responses_a, responses_b, seed=0):
+            return [], {"pairs": 0, "near_ties_dropped": len(prompts)}
+
+    summary = {}
+    assert _preferences(cfg, AllTies(), model, dict(data), tmp_path, summary) == (data["prefs_train"],)
+    assert summary["policy_pairs"]["near_ties_dropped"] == 40   # recorded, but no empty file for the reward model
+    arithmetic = QuickstartConfig(task="arithmetic", fast=True, output=str(tmp_path))
+    assert _preferences(arithmetic, task, model, {}, tmp_path, {}) == ()   # no reward model, no pairs
