@@ -152,3 +152,11 @@ def save_model(model, tokenizer, out_dir) -> str:
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return str(out_dir)
+
+
+def is_sharded(module) -> bool:
+    """Whether `module`'s weights are FSDP2-sharded (DTensors): each rank then holds a slice and every
+    forward gathers them, so ranks must run the same forwards (generation: `synced_gpus`)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())

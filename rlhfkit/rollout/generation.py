@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.chat import end_of_turn_id
+from rlhfkit.models.loading import is_sharded
 
 
 @dataclass
@@ -190,14 +191,6 @@ def check_prompts(prompts, tokenizer) -> None:
                          "(which reuses EOS as pad) or set tokenizer.pad_token")
 
 
-def sharded(model) -> bool:
-    """FSDP-sharded weights: every rank must run the same decode steps (each gathers the weights),
-    so generation continues until the last rank's responses are done (`synced_gpus`)."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
              add_special_tokens: bool | None = None, prompt_ids: list[list[int]] | None = None,
              row_keys: torch.Tensor | None = None, return_logprobs: bool = False) -> GenerationResult:
@@ -246,7 +239,7 @@ def generate(model, tokenizer, prompts: list[str], settings: GenerationSettings,
     with torch.no_grad(), eval_mode(model), _plain_generation_config(model):
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
                              stopping_criteria=StoppingCriteriaList([stop] if stop else []),
-                             logits_processor=LogitsProcessorList(processors), synced_gpus=sharded(model))
+                             logits_processor=LogitsProcessorList(processors), synced_gpus=is_sharded(model))
     step_logits = out.logits if return_logprobs else None  # R tensors (N, V), before any logits processor
     out = out.sequences if return_logprobs else out
     response_ids = out[:, prompt_length:]  # (N, W)

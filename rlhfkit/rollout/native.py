@@ -20,10 +20,11 @@ import logging
 import torch
 
 from rlhfkit.algos.masking import position_ids_from_mask
+from rlhfkit.models.loading import is_sharded
 from rlhfkit.models.lora import unwrap_peft
 from rlhfkit.rollout.generation import (GenerationResult, GenerationSettings, check_prompts, cut_responses,
                                         decode_responses, encode_prompts, eos_token_ids, eval_mode, response_ends,
-                                        sharded, stop_string_hits, stop_string_window)
+                                        stop_string_hits, stop_string_window)
 from rlhfkit.rollout.seeded import filter_top_k_top_p, keyed_gumbel_scores
 
 logger = logging.getLogger("rlhfkit.rollout")
@@ -38,7 +39,7 @@ def native_unsupported(model) -> str | None:
     config = getattr(base, "config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):
         return "not a decoder-only Hugging Face model"
-    if sharded(model):
+    if is_sharded(model):
         return "sharded (FSDP) weights: every rank must run the same decode steps (HF generate's synced_gpus)"
     params = inspect.signature(base.forward).parameters
     if not {"cache", "position_ids", "attention_mask"} <= set(params):

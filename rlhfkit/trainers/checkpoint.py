@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.models.loading import is_sharded
 from rlhfkit.trainers.common import TrainingError
-from rlhfkit.trainers.distributed import (World, is_sharded, load_full_state_dict, load_optimizer_state,
-                                          optimizer_state)
+from rlhfkit.trainers.distributed import World, load_full_state_dict, load_optimizer_state, optimizer_state
 
 _MARKER = "COMPLETE"
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.models.loading import is_sharded
 
 @dataclass(frozen=True)
 class World:
@@ -280,12 +281,6 @@ def shard_model(model, param_dtype: str | None = None, cpu_offload: bool = False
     for root in ((model.backbone, model.head) if scalar else (model,)):
         fully_shard(root, **kwargs)
     return model
-
-
-def is_sharded(module) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in module.parameters())
 
 
 def full_state_dict(module) -> dict:

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from rlhfkit.config import ConfigError, option
-
+from rlhfkit.models.loading import is_sharded
 from rlhfkit.trainers.checkpoint import (latest_checkpoint, load_checkpoint, rank_rng_states, rng_state,
                                         save_checkpoint, set_rank_rng_state)
 from rlhfkit.trainers.common import (RunInterrupted, StopFlag, TrainingError, check_finite, clip_gradients,
@@ -97,7 +97,7 @@ def run_supervised(cfg, model, examples: list, stage: SupervisedStage, out_dir: 
     w = D.world()
     if cfg.batch_size % w.size:
         raise ConfigError(f"batch_size={cfg.batch_size} cannot be split over {w.size} ranks; use a multiple of {w.size}")
-    sharded = D.is_sharded(model)
+    sharded = is_sharded(model)
     if not sharded:  # a sharded model was broadcast before sharding (see shard_for)
         D.broadcast_parameters(w, [model])
     scale = D.loss_scale(w, [model])  # FSDP averages gradients; our losses need their sum
