@@ -139,18 +139,21 @@ def criterion(probe: Probe, metrics: dict) -> tuple[str, float]:
             metrics["probe/score_mean"] - probe.kl_penalty * metrics.get("probe/kl_mean", 0.0))
 
 
-def keep_if_best(probe: Probe, metrics: dict, step: int, save, out_dir: Path,
+def keep_if_best(probe: Probe, metrics: dict, step: int, save, out_dir: Path | None,
                  gold: torch.Tensor | None = None) -> bool:
     """Save the policy as OUTPUT/best (via `save(folder)`) when this probe beats every earlier one;
-    OUTPUT/best.json says which step and why. gold: the probe's per-prompt gold (P,), which later probes
-    are paired with. Returns whether it did."""
+    OUTPUT/best.json says which step and why. out_dir None (ranks other than 0): only the record of the
+    best is kept, nothing is written. gold: the probe's per-prompt gold (P,), which later probes are
+    paired with. Returns whether this probe is the best."""
     name, value = criterion(probe, metrics)
     if probe.best and value <= probe.best["value"]:
         return False
-    save(out_dir / "best")
     probe.best = {"step": step, "criterion": name, "value": value, "score": metrics["probe/score_mean"]}
     if gold is not None:
         probe.best["gold"] = gold.tolist()  # the per-prompt gold later probes are paired with
+    if out_dir is None:
+        return True
+    save(out_dir / "best")
     tmp = out_dir / "best.json.tmp"
     tmp.write_text(json.dumps({k: v for k, v in probe.best.items() if k != "gold"}, indent=2))
     os.replace(tmp, out_dir / "best.json")

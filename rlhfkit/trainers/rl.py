@@ -125,10 +125,9 @@ def _probe(run: RLRun, step: int) -> dict:
     out, gold = run_probe(run.probe, run.models, step, engine=run.engine)
     # The probe's own requests to reward services, if any (an ensemble's spread is probe/ensemble_std already).
     out.update({k: v for k, v in scorer_metrics(run.models.scorer).items() if k.startswith(REMOTE_COUNTERS)})
-    if not run.cfg.fsdp:
-        save = (lambda folder: M.save_model(run.models.policy, run.models.tokenizer, folder)) if run.world.main \
-            else (lambda folder: None)
-        keep_if_best(run.probe, out, step, save, run.out_dir, gold=gold)
+    if not run.cfg.fsdp:  # files from rank 0 only; every rank keeps the record of the best
+        keep_if_best(run.probe, out, step, lambda folder: M.save_model(run.models.policy, run.models.tokenizer, folder),
+                     run.out_dir if run.world.main else None, gold=gold)
     return out
 
 

@@ -108,6 +108,13 @@ def test_best_checkpoint_choice(tmp_path):
     keep_if_best(probe, {"probe/score_mean": 9.0, "probe/kl_mean": 100.0}, 4, saved.append, tmp_path)
     assert probe.best["step"] == 3  # a high score far from the reference is not better
     assert json.loads((tmp_path / "best.json").read_text())["step"] == 3
+    # Ranks other than 0 (out_dir None) keep the same record and write nothing: in a two-rank run both
+    # ranks once wrote best.json.tmp and one rank's os.replace found the other's already moved.
+    other = Probe(rows=[], settings=GenerationSettings(max_new_tokens=1), keys=torch.zeros(0), kl_penalty=0.1)
+    written = []
+    for step, (score, kl) in enumerate([(1.0, 0.0), (2.0, 5.0), (1.8, 1.0)], start=1):
+        assert keep_if_best(other, {"probe/score_mean": score, "probe/kl_mean": kl}, step, written.append, None)
+    assert written == [] and other.best == probe.best
 
 
 def test_paired_drop_by_hand():
