@@ -26,7 +26,8 @@ PRESETS = {
         # 8000 preference pairs (and lm_coef below): with the task's default 2000, the reward model
         # agreed with gold on 66-68% of pairs and RL's gold gain over SFT was +0.37, -0.18, +0.06 on
         # seeds 0-2; with 8000 and lm_coef 0.5 it agreed on 79-81% (tuning sweep). Measured with these
-        # settings (1 thread): gain +0.41, +0.22, +0.42 (docs/quickstart.md). 256 held-out prompts: se ~0.03.
+        # settings (1 thread, before the policy comparisons below): gain +0.41, +0.22, +0.42. 256 held-out
+        # prompts: se ~0.03.
         "sizes": dict(prefs_train=8000, prompts_eval=256),
         "fast_sizes": dict(sft_train=200, sft_eval=20, prefs_train=200, prefs_eval=40, prompts_train=40,
                            prompts_eval=16),
@@ -39,8 +40,9 @@ PRESETS = {
         "policy_pairs": dict(prompts=4000), "fast_policy_pairs": dict(prompts=40),
         # lm_coef keeps the backbone a language model while it learns the ranking (MOSS-RLHF).
         "rm": dict(epochs=2, batch_size=32, lr=1e-3, max_length=64, lm_coef=0.5), "fast_rm": dict(epochs=1),
-        # kl_coef 0.05 in the reward kept the KL to the SFT policy at 3.9-4.8 nats per response (29-39
-        # with kl_coef 0, where gold ends near -1 on every seed); 28 tokens cut almost no response.
+        # kl_coef 0.05 in the reward kept the KL to the SFT policy at 3.9-6.6 nats per response on seeds 0-9
+        # (9.8-39.9 with kl_coef 0, where gold ends below SFT's on 8 of 10 seeds; docs/health/reward-hacking.md);
+        # 28 tokens cut almost no response.
         # PPO's own defaults: 2 passes over each batch of 16 (docs/rl/ppo.md, "Defaults").
         # critic_warmup_steps: the critic (initialized from the reward model) learns alone for 5 steps before
         # the policy moves (PPO-max); without it the first updates' advantages were the value head's noise
@@ -266,7 +268,8 @@ def policy_pairs(task, policy_path: str, out_path: Path, prompts: int, seed: int
                                  prompt_ids=[r["prompt_ids"] for r in chunk])
         first += result.responses[0::2]
         second += result.responses[1::2]
-    labelled, info = task.label_pairs([r["prompt_text"] for r in rows], first, second, seed=seed)
+    # the prompts as written (prompt_text may carry a chat template, which `rm` would apply again)
+    labelled, info = task.label_pairs(texts, first, second, seed=seed)
     return write_jsonl(out_path, labelled), info
 
 
