@@ -242,7 +242,8 @@ METRICS: dict[str, MetricDef] = _defs(
      "(overopt_gold_effect).", ("rl",), "probe_every > 0, on probe steps with a gold_fn"),
     ("probe/gold_drop", "Mean per-prompt drop of the probe's gold from the best earlier probe (the starting "
      "policy's included): same prompts, same sampling keys.", "reward", "Above overopt_gold_drop x "
-     "probe/gold_drop_se while probe/score_mean rises: the overoptimization detector fires.", ("rl",),
+     "probe/gold_drop_se while probe/score_mean rises and probe/kl_mean has grown overopt_kl_gain nats: the "
+     "overoptimization detector fires.", ("rl",),
      "probe_every > 0, on probe steps after the first, with a gold_fn"),
     ("probe/gold_drop_se", "Standard error of probe/gold_drop: std of the per-prompt differences / "
      "sqrt(probe_size) (paired, so much smaller than probe/gold_se while the policy stays close).", "reward",
@@ -254,7 +255,8 @@ METRICS: dict[str, MetricDef] = _defs(
      "probe_every > 0 and two or more reward models, on probe steps"),
     ("probe/kl_mean", "KL (k1, summed per response, mean over the probe) of the policy to the reference on "
      "the probe's answers; measured even with kl_coef 0.", "nats", "Grows as the policy leaves the reference; "
-     "beyond overopt_kl_budget a rising score is suspect.", ("rl",), "probe_every > 0, on probe steps"),
+     "a gold fall only counts with overopt_kl_gain nats more than at the best probe; without gold, beyond "
+     "overopt_kl_budget a rising score is suspect.", ("rl",), "probe_every > 0, on probe steps"),
     ("probe/ppl_ref", "Perplexity of the probe's answers under the reference.", "1",
      "Grows when the policy writes text the reference finds unlikely.", ("rl",), "probe_every > 0, on probe steps"),
     ("probe/length_mean", "Mean length of the probe's answers.", "tokens", "A steady change is a policy change, "
