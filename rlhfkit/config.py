@@ -191,8 +191,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         if f.metadata.get("append"):  # a repeatable flag: --data a --data b
             kwargs["action"] = "append"
         flags = [flag_of(f), *f.metadata.get("aliases", ())]
-        if inner is bool:
+        if inner is bool:  # --x, --x true|false, and --no-x
+            off = "--no-" + flags[0][2:]
+            kwargs["help"] = help_text + f"; {off} for false"
             target.add_argument(*flags, nargs="?", const="true", metavar="BOOL", **kwargs)
+            target.add_argument(off, action="store_const", const="false", dest=name, default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
         else:
             target.add_argument(*flags, metavar=name.upper(), **kwargs)
 

@@ -92,3 +92,23 @@ def test_every_command_loads_its_config():
     for command in COMMANDS:
         cfg_cls, run = _load(command)
         assert dataclasses.is_dataclass(cfg_cls) and callable(run)
+
+
+def test_boolean_flags_have_a_no_form(capsys):
+    from rlhfkit.config import config_from_args
+    from rlhfkit.trainers.rl_config import RLConfig
+
+    base = ["rl", "--policy", "p", "--prompts", "x.jsonl", "--reward-fn", "exact_match", "--output", "o"]
+
+    def parsed(*flags):
+        return config_from_args(RLConfig, build_parser("rl").parse_args([*base, *flags]))
+
+    assert parsed().padding_free is True  # the default
+    assert parsed("--no-padding-free").padding_free is False
+    assert parsed("--padding-free", "false").padding_free is False
+    assert parsed("--no-padding-free", "--padding-free").padding_free is True  # the last flag wins
+    assert parsed("--seeded-sampling").seeded_sampling is True and parsed("--no-seeded-sampling").seeded_sampling is False
+    assert "--no-padding-free" in all_flags("rl")
+    with pytest.raises(SystemExit):
+        build_parser("rl").parse_args(["rl", "--help"])
+    assert "--no-padding-free for false" in " ".join(capsys.readouterr().out.split())  # said once, in --x's help
