@@ -23,6 +23,7 @@ import torch
 
 from rlhfkit.models.loading import is_sharded
 
+
 @dataclass(frozen=True)
 class World:
     """This process's place in the run: rank in [0, size), and its device index on the node."""

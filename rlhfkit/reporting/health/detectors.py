@@ -271,11 +271,11 @@ def detect_overoptimization(cfg: HealthConfig, history: dict, initial: dict) -> 
     per-prompt gold spread (probe/gold_std), the policy must have paid for it in KL: the probe's KL to
     the reference is `overopt_kl_gain` nats above its KL at the best probe (past the peak of gold as a
     function of KL, as Gao et al. plot it; a healthy KL-penalized run wanders in gold at a steady KL),
-    and it must hold on `overopt_probes` probes in a row (docs/health/overoptimization.md). Without gold (at least 3 probes): the probe's score rose since the
-    first probe, its KL to the reference is above `overopt_kl_budget`, and its answers drift from what
-    the reference writes: their reference perplexity grew `overopt_ppl_growth`-fold, the share of
-    looping answers rose by `hacking_repetition_rise`, or a reward-model ensemble's disagreement grew
-    `overopt_disagreement_growth`-fold."""
+    and it must hold on `overopt_probes` probes in a row (docs/health/overoptimization.md). Without gold
+    (at least 3 probes): the probe's score rose since the first probe, its KL to the reference is above
+    `overopt_kl_budget`, and its answers drift from what the reference writes: their reference perplexity
+    grew `overopt_ppl_growth`-fold, the share of looping answers rose by `hacking_repetition_rise`, or a
+    reward-model ensemble's disagreement grew `overopt_disagreement_growth`-fold."""
     score = history.get("probe/score_mean")
     if score is None or len(score) < 2:
         return None
